@@ -1,0 +1,173 @@
+"""Promptable segmentation of a single image: embed once with `set_image`, then `predict` per prompt.
+
+Same names and meaning as the reference SAM2ImagePredictor: coordinates are pixels of the original image,
+`mask_input` is a previous call's low-res logits, outputs are numpy arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .sam2 import SAM2, FrameFeatures
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_rgb(rgb: np.ndarray) -> torch.Tensor:
+    """H×W×3 uint8 -> 3×H×W float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+
+
+def preprocess_image(rgb: np.ndarray, image_size: int) -> torch.Tensor:
+    """H×W×3 uint8 -> 1×3×S×S: bilinear antialiased squash-resize, ImageNet normalisation
+    (the reference image predictor's transform)."""
+    x = F.interpolate(normalize_rgb(rgb)[None], size=(image_size, image_size), mode="bilinear",
+                      align_corners=False, antialias=True)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def validate_rgb(image: object) -> np.ndarray:
+    """Return `image` if it is an H×W×3 uint8 array, else raise ValueError saying what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array (H×W×3 uint8 RGB), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must have shape H×W×3 (RGB), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (0..255), got dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    return image
+
+
+class ImagePredictor:
+    """SAM 2 image mode. The embedding is computed once per image and reused by every `predict` call."""
+
+    def __init__(self, model: SAM2, mask_threshold: float = 0.0):
+        self.model = model
+        self.mask_threshold = mask_threshold
+        self._features: FrameFeatures | None = None
+        self._orig_hw: tuple[int, int] | None = None
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """Embed an H×W×3 uint8 RGB image."""
+        image = validate_rgb(image)
+        self._orig_hw = image.shape[:2]
+        x = preprocess_image(image, self.image_size).to(self.model.device)
+        features = self.model.encode_image(x)
+        # the model saw "no memory" frames this way during training
+        features.embedding = features.embedding + self.model.no_mem_embed.view(1, -1, 1, 1)
+        self._features = features
+
+    def reset(self) -> None:
+        self._features, self._orig_hw = None, None
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """1×D×h×w embedding of the current image."""
+        return self._require_image().embedding
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for the current image.
+
+        point_coords N×2 (x, y) pixels with point_labels N (1 foreground, 0 background); box (x1, y1, x2, y2)
+        pixels, or B×4 for B objects at once; mask_input 1×256×256 low-res logits from a previous call.
+        -> masks C×H×W (bool, or float logits with return_logits), iou_scores C, low_res_logits C×256×256;
+        with B boxes each gets a leading B dimension. C = 3 with multimask_output, else 1.
+        """
+        features = self._require_image()
+        coords, labels = self._prompt_points(point_coords, point_labels, box)
+        mask = self._mask_input(mask_input, batch=1 if coords is None else coords.shape[0])
+        device = self.model.device
+        multimasks, ious, _, _ = self.model.decode(
+            features.embedding, features.high_res,
+            None if coords is None else coords.to(device),
+            None if labels is None else labels.to(device),
+            None if mask is None else mask.to(device),
+            multimask_output,
+        )
+        masks = F.interpolate(multimasks.float(), size=self._orig_hw, mode="bilinear", align_corners=False)
+        low_res = multimasks.float().clamp(-32.0, 32.0)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        squeeze = lambda t: t.squeeze(0).cpu().numpy() if t.shape[0] == 1 else t.cpu().numpy()  # noqa: E731
+        return squeeze(masks), squeeze(ious.float()), squeeze(low_res)
+
+    # ------------------------------------------------------------------ validation
+    def _require_image(self) -> FrameFeatures:
+        if self._features is None:
+            raise ValueError("no image set: call set_image(image) before predict()")
+        return self._features
+
+    def _prompt_points(self, point_coords, point_labels, box) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Validate prompts and return model-input coords B×N×2 and labels B×N (box corners first)."""
+        h, w = self._orig_hw
+        scale = torch.tensor([self.image_size / w, self.image_size / h])
+        coords = labels = None
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            pts = np.asarray(point_coords, dtype=np.float64)
+            lab = np.asarray(point_labels)
+            if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+                raise ValueError(f"point_coords must have shape N×2 with N ≥ 1, got {pts.shape}")
+            if lab.shape != (len(pts),):
+                raise ValueError(f"point_labels must have shape ({len(pts)},) to match point_coords, got {lab.shape}")
+            if not np.isin(lab, (0, 1)).all():
+                raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(lab).tolist()}")
+            self._check_inside(pts, "point")
+            coords = torch.from_numpy(pts).float()[None] * scale
+            labels = torch.from_numpy(lab.astype(np.int32))[None]
+        if box is not None:
+            boxes = np.asarray(box, dtype=np.float64)
+            boxes = boxes[None] if boxes.ndim == 1 else boxes
+            if boxes.ndim != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"box must be (x1, y1, x2, y2) or B×4, got shape {np.asarray(box).shape}")
+            if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+                raise ValueError(f"box must have x2 ≥ x1 and y2 ≥ y1, got {boxes.tolist()}")
+            self._check_inside(boxes.reshape(-1, 2), "box corner")
+            box_coords = torch.from_numpy(boxes).float().view(-1, 2, 2) * scale
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int32).repeat(len(boxes), 1)
+            if coords is not None:
+                if len(boxes) > 1:
+                    raise ValueError("points can be combined with a single box only")
+                box_coords = torch.cat([box_coords, coords], dim=1)
+                box_labels = torch.cat([box_labels, labels], dim=1)
+            coords, labels = box_coords, box_labels
+        return coords, labels
+
+    def _check_inside(self, pts: np.ndarray, what: str) -> None:
+        h, w = self._orig_hw
+        outside = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h) | ~np.isfinite(pts).all(1)
+        if outside.any():
+            raise ValueError(f"{what} {pts[outside][0].tolist()} lies outside the {w}×{h} image")
+
+    def _mask_input(self, mask_input, batch: int) -> torch.Tensor | None:
+        if mask_input is None:
+            return None
+        grid = 4 * self.model.config.image_embedding_size
+        m = torch.as_tensor(np.asarray(mask_input, dtype=np.float32))
+        if m.ndim == 2:
+            m = m[None]
+        if m.ndim == 3:
+            m = m[None]
+        if m.ndim != 4 or m.shape[1] != 1 or tuple(m.shape[-2:]) != (grid, grid) or m.shape[0] not in (1, batch):
+            raise ValueError(f"mask_input must be 1×{grid}×{grid} low-res logits (a previous low_res_logits), "
+                             f"got shape {tuple(np.asarray(mask_input).shape)}")
+        return m

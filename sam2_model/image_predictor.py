@@ -118,7 +118,6 @@ class ImagePredictor:
     def _prompt_points(self, point_coords, point_labels, box) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Validate prompts and return model-input coords B×N×2 and labels B×N (box corners first)."""
         h, w = self._orig_hw
-        scale = torch.tensor([self.image_size / w, self.image_size / h])
         coords = labels = None
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
@@ -132,7 +131,7 @@ class ImagePredictor:
             if not np.isin(lab, (0, 1)).all():
                 raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(lab).tolist()}")
             self._check_inside(pts, "point")
-            coords = torch.from_numpy(pts).float()[None] * scale
+            coords = self.model.input_coords(torch.from_numpy(pts).float()[None], (h, w))
             labels = torch.from_numpy(lab.astype(np.int32))[None]
         if box is not None:
             boxes = np.asarray(box, dtype=np.float64)
@@ -142,7 +141,7 @@ class ImagePredictor:
             if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
                 raise ValueError(f"box must have x2 ≥ x1 and y2 ≥ y1, got {boxes.tolist()}")
             self._check_inside(boxes.reshape(-1, 2), "box corner")
-            box_coords = torch.from_numpy(boxes).float().view(-1, 2, 2) * scale
+            box_coords = self.model.input_coords(torch.from_numpy(boxes).float().view(-1, 2, 2), (h, w))
             box_labels = torch.tensor([[2, 3]], dtype=torch.int32).repeat(len(boxes), 1)
             if coords is not None:
                 if len(boxes) > 1:

@@ -72,6 +72,15 @@ class MaskPrediction:
     object_score: Tensor
 
 
+def token_major(x: Tensor) -> Tensor:
+    """B×C×H×W feature map stored token-major (HW×B×C memory), the layout memory attention reads as tokens.
+
+    The values are unchanged; convolutions downstream then take the same kernels, hence the same rounding, as
+    the reference implementation, which keeps its features in this layout."""
+    b, c, h, w = x.shape
+    return x.flatten(2).permute(2, 0, 1).contiguous().permute(1, 2, 0).view(b, c, h, w)
+
+
 def sine_encoding_1d(positions: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
     """Transformer-style encoding of scalar positions: N -> N×dim (sines then cosines)."""
     half = dim // 2
@@ -119,7 +128,8 @@ class SAM2(nn.Module):
         features, positions = self.image_encoder(images)
         decoder = self.sam_mask_decoder
         high_res = [decoder.conv_s0(features[0]), decoder.conv_s1(features[1])]
-        return FrameFeatures(embedding=features[-1], pos=positions[-1], high_res=high_res)
+        return FrameFeatures(embedding=token_major(features[-1]), pos=token_major(positions[-1]),
+                             high_res=[token_major(f) for f in high_res])
 
     def decode(
         self,
@@ -168,8 +178,8 @@ class SAM2(nn.Module):
             coords = pix_feat.new_zeros(b, 1, 2)
             labels = -torch.ones(b, 1, dtype=torch.int32, device=pix_feat.device)
         if mask_input is not None:
-            grid = self.sam_prompt_encoder.mask_input_size
-            if tuple(mask_input.shape[-2:]) != tuple(grid):
+            grid = (self.sam_prompt_encoder.mask_input_size,) * 2
+            if tuple(mask_input.shape[-2:]) != grid:
                 mask_input = F.interpolate(mask_input.float(), size=grid, mode="bilinear",
                                            align_corners=False, antialias=True)
         multimasks, ious, tokens, object_score = self.decode(pix_feat, high_res, coords, labels, mask_input,
@@ -204,6 +214,11 @@ class SAM2(nn.Module):
     def pointer(self, raw_ptr: Tensor, present: Tensor) -> Tensor:
         """Gate a projected pointer B×D by presence B×1 (0/1): absent objects get the learned no-object pointer."""
         return present * raw_ptr + (1 - present) * self.no_obj_ptr
+
+    def input_coords(self, xy: Tensor, frame_hw: tuple[int, int]) -> Tensor:
+        """Pixel coordinates (...×2, x then y) of an H×W frame -> model-input pixels (normalise, then scale)."""
+        h, w = frame_hw
+        return xy.float() / torch.tensor([w, h], dtype=torch.float32) * self.config.image_size
 
     def upscale(self, low_res: Tensor) -> Tensor:
         """B×M×4h×4w -> B×M×S×S logits (bilinear)."""

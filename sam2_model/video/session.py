@@ -1,0 +1,379 @@
+"""A video segmentation session: prompts on any frame, immediate masks there, propagation into masklets.
+
+Semantics follow the reference SAM 2 video predictor (configured so that every prompted frame, also a
+correction on an already tracked frame, becomes a conditioning frame), with serving-grade resources: frames
+are decoded on demand, image features live in a byte-bounded LRU, spatial memories are kept only while the
+memory bank can still use them, results are stored as half-precision low-res logits, and all objects that
+need tracking on a frame go through memory attention, decoder and memory encoder in one batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Hashable, Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..sam2 import NO_OBJECT_LOGIT, SAM2, FrameFeatures, MaskPrediction
+from .feature_cache import FeatureCache
+from .frames import FrameSource, preprocess_frame
+from .memory_bank import FrameOutput, ObjectState, PointPrompt, prune_memories, select_memories, stack
+
+
+class SessionError(ValueError):
+    """Base class of the errors a session raises for bad requests; the session stays usable after one."""
+
+
+class PromptError(SessionError):
+    """Empty, contradictory or out-of-frame prompts."""
+
+
+class FrameIndexError(SessionError, IndexError):
+    """A frame index outside the video."""
+
+
+class UnknownObjectError(SessionError, LookupError):
+    """An object id the session does not know."""
+
+
+class FrameResult(NamedTuple):
+    """Masks of every object on one frame: masks N×H×W bool, object_scores N presence logits (> 0: present)."""
+
+    frame_idx: int
+    obj_ids: list
+    masks: np.ndarray
+    object_scores: np.ndarray
+
+
+class VideoSession:
+    """Created by `VideoPredictor.open`. Thread-safe: every public call (and each propagated frame) holds the
+    session's lock."""
+
+    def __init__(
+        self,
+        model: SAM2,
+        frames: FrameSource,
+        *,
+        dtype: torch.dtype = torch.float32,
+        feature_cache_bytes: int = 512 << 20,
+        results_dtype: torch.dtype = torch.float16,
+    ):
+        self.model = model
+        self.frames = frames
+        self.dtype = dtype
+        self.results_dtype = results_dtype
+        self.features = FeatureCache(feature_cache_bytes)
+        self.objects: dict[Hashable, ObjectState] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self._mem_pos: Tensor | None = None  # 1×Dm×h×w position encoding of spatial memories
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def frame_count(self) -> int:
+        return self.frames.frame_count
+
+    @property
+    def fps(self) -> float:
+        return self.frames.fps
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the video."""
+        return self.frames.frame_size
+
+    @property
+    def obj_ids(self) -> list:
+        return list(self.objects)
+
+    # ------------------------------------------------------------------ prompts
+    def add_prompt(
+        self,
+        frame_idx: int,
+        obj_id: Hashable,
+        points=None,
+        labels=None,
+        box=None,
+        mask=None,
+        clear_old: bool = True,
+    ) -> FrameResult:
+        """Prompt `obj_id` on `frame_idx` (a new id creates an object) and return that frame's masks.
+
+        points N×2 (x, y) video pixels with labels N (1 positive, 0 negative); box (x1, y1, x2, y2) pixels;
+        mask H×W (bool / 0-1) at video resolution. A mask excludes points and box. clear_old=False adds the
+        clicks to the frame's earlier clicks (not allowed with a box, which must come first).
+        """
+        with self._lock, torch.inference_mode(), self._autocast():
+            self._check_open()
+            self._check_frame(frame_idx)
+            prompt = self._make_prompt(points, labels, box, mask)
+            obj = self.objects.get(obj_id, ObjectState(obj_id))
+            old = obj.prompts.get(frame_idx)
+            if not clear_old and isinstance(prompt, PointPrompt):
+                if box is not None:
+                    raise PromptError("a box must be the first prompt on a frame: use clear_old=True")
+                if isinstance(old, PointPrompt):
+                    prompt = PointPrompt(torch.cat([old.coords, prompt.coords], 1),
+                                         torch.cat([old.labels, prompt.labels], 1))
+            output = self._decode_prompted(obj, frame_idx, prompt)  # may fail: nothing changed yet
+            self.objects.setdefault(obj_id, obj)
+            obj.prompts[frame_idx] = prompt
+            obj.pending[frame_idx] = output
+            return self._result(frame_idx)
+
+    def clear_prompts(self, frame_idx: int, obj_id: Hashable) -> FrameResult:
+        """Remove `obj_id`'s prompts on `frame_idx`; its output there becomes an ordinary tracked one."""
+        with self._lock:
+            self._check_open()
+            self._check_frame(frame_idx)
+            self._object(obj_id).clear(frame_idx)
+            return self._result(frame_idx)
+
+    def remove_object(self, obj_id: Hashable) -> None:
+        with self._lock:
+            self._check_open()
+            self._object(obj_id)
+            del self.objects[obj_id]
+
+    def reset(self) -> None:
+        """Forget all objects, prompts and results (cached frame features are kept)."""
+        with self._lock:
+            self.objects.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            self.objects.clear()
+            self.features.clear()
+            self.frames.close()
+            self._closed = True
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(
+        self, direction: str = "forward", start_frame: int | None = None, max_frames: int | None = None
+    ) -> Iterator[FrameResult]:
+        """Track every object from `start_frame` (default: the earliest prompted frame) and yield each frame's
+        masks as soon as it is computed. "both" runs forward, then backward from the same start frame (which is
+        yielded by both passes). max_frames: frames to track beyond the start frame in each direction."""
+        if direction not in ("forward", "backward", "both"):
+            raise SessionError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
+        if max_frames is not None and max_frames < 0:
+            raise SessionError(f"max_frames must be ≥ 0, got {max_frames}")
+        with self._lock:
+            self._check_open()
+            if start_frame is not None:
+                self._check_frame(start_frame)
+            with torch.inference_mode(), self._autocast():
+                self._commit_prompts()
+            if start_frame is None:
+                start_frame = min(t for obj in self.objects.values() for t in obj.cond)
+        n = self.frame_count
+        span = n if max_frames is None else max_frames
+        passes = []
+        if direction in ("forward", "both"):
+            passes.append((range(start_frame, min(start_frame + span, n - 1) + 1), False))
+        if direction in ("backward", "both") and start_frame > 0:
+            passes.append((range(start_frame, max(start_frame - span, 0) - 1, -1), True))
+        return self._run_passes(passes)
+
+    def _run_passes(self, passes) -> Iterator[FrameResult]:
+        for frames, reverse in passes:
+            for frame in frames:
+                with self._lock, torch.inference_mode(), self._autocast():
+                    self._check_open()
+                    self._track_frame(frame, reverse)
+                    result = self._result(frame)
+                yield result
+
+    # ------------------------------------------------------------------ results
+    def result(self, frame_idx: int) -> FrameResult:
+        """The latest masks of every object on `frame_idx` (empty where an object has no output yet)."""
+        with self._lock:
+            self._check_frame(frame_idx)
+            return self._result(frame_idx)
+
+    def frame_logits(self, frame_idx: int) -> tuple[list, Tensor]:
+        """(obj_ids, N×H×W float32 mask logits at video resolution) on `frame_idx`."""
+        with self._lock:
+            self._check_frame(frame_idx)
+            return self.obj_ids, self._video_logits(frame_idx)
+
+    def _result(self, frame: int) -> FrameResult:
+        logits = self._video_logits(frame)
+        scores = [
+            float(out.object_score.reshape(-1)[0]) if (out := obj.output(frame)) is not None else NO_OBJECT_LOGIT
+            for obj in self.objects.values()
+        ]
+        return FrameResult(frame, self.obj_ids, (logits > 0).numpy(), np.asarray(scores, dtype=np.float32))
+
+    def _video_logits(self, frame: int) -> Tensor:
+        h, w = self.frame_size
+        grid = 4 * self.model.config.image_embedding_size
+        low = []
+        for obj in self.objects.values():
+            out = obj.output(frame)
+            low.append(out.low_res.float().cpu() if out is not None else torch.full((1, 1, grid, grid), NO_OBJECT_LOGIT))
+        if not low:
+            return torch.zeros(0, h, w)
+        return F.interpolate(torch.cat(low), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+
+    # ------------------------------------------------------------------ model steps
+    def _features(self, frame: int) -> FrameFeatures:
+        def compute(idx: int) -> FrameFeatures:
+            image = preprocess_frame(self.frames.get(idx), self.model.config.image_size)
+            return self.model.encode_image(image[None].to(self.model.device))
+
+        return self.features.get_or_compute(frame, compute)
+
+    def _memory_conditioned(self, objs: list[ObjectState], frame: int, reverse: bool, feats: FrameFeatures) -> Tensor:
+        """B×D×h×w features of `frame` fused with each object's memories (objs share a memory signature)."""
+        cfg = self.model.config
+        packed = []
+        for obj in objs:
+            sel = select_memories(obj, frame, reverse, self.frame_count, cfg.num_maskmem,
+                                  cfg.max_obj_ptrs_in_encoder, cfg.use_signed_tpos_enc_to_obj_ptrs)
+            spatial = [(slot, out.memory, self._mem_pos) for slot, out in sel.spatial]
+            max_distance = min(self.frame_count, cfg.max_obj_ptrs_in_encoder) - 1
+            packed.append(self.model.assemble_memory(spatial, sel.pointers, max_distance))
+        memory = stack([m for m, _, _ in packed])
+        memory_pos = stack([p for _, p, _ in packed])
+        return self.model.condition_on_memory(feats.expand(len(objs)), memory, memory_pos, packed[0][2])
+
+    def _decode_prompted(self, obj: ObjectState, frame: int, prompt) -> FrameOutput:
+        """Masks of one object on a prompted frame (memory not yet encoded)."""
+        feats = self._features(frame)
+        if isinstance(prompt, Tensor):  # a mask prompt is the output
+            pred = self.model.mask_as_output(feats.embedding, feats.high_res, prompt)
+        else:
+            first_visit = frame not in obj.reverse
+            if first_visit:
+                pix = self.model.condition_on_memory(feats, None, None, 0)
+            else:
+                pix = self._memory_conditioned([obj], frame, obj.reverse[frame], feats)
+            prev = obj.output(frame)
+            mask_input = prev.low_res.float().clamp(-32.0, 32.0) if prev is not None else None
+            multimask = prompt.labels.shape[1] <= 1
+            pred = self.model.predict_masks(pix, feats.high_res, prompt.coords, prompt.labels, mask_input, multimask)
+        return FrameOutput(pred.low_res.float(), pred.object_score.float(), pred.obj_ptr.float())
+
+    def _commit_prompts(self) -> None:
+        """Encode the memories of freshly prompted frames; they become conditioning frames."""
+        if not self.objects:
+            raise SessionError("no prompts: add a prompt before propagating")
+        for obj in self.objects.values():
+            for frame, out in obj.pending.items():
+                feats = self._features(frame)
+                high_res = self.model.upscale(out.low_res)
+                memory, pos = self.model.encode_memory(feats, high_res, out.object_score, from_clicks=True)
+                out.memory = memory.to(torch.bfloat16)
+                self._mem_pos = pos[:1]  # the same for every frame and object
+                obj.cond[frame] = out
+                obj.tracked.pop(frame, None)
+            obj.pending.clear()
+
+    def _track_frame(self, frame: int, reverse: bool) -> None:
+        """Track every object on `frame` from its memories (prompted frames keep their output)."""
+        cfg = self.model.config
+        todo = [obj for obj in self.objects.values() if frame not in obj.cond]
+        if todo:
+            feats = self._features(frame)
+            groups: dict[tuple[int, int], list[ObjectState]] = {}
+            for obj in todo:
+                sel = select_memories(obj, frame, reverse, self.frame_count, cfg.num_maskmem,
+                                      cfg.max_obj_ptrs_in_encoder, cfg.use_signed_tpos_enc_to_obj_ptrs)
+                groups.setdefault(sel.signature, []).append(obj)
+            for objs in groups.values():
+                self._track_group(objs, frame, reverse, feats)
+        for obj in self.objects.values():
+            obj.reverse[frame] = reverse
+            prune_memories(obj, frame, reverse, cfg.num_maskmem)
+
+    def _track_group(self, objs: list[ObjectState], frame: int, reverse: bool, feats: FrameFeatures) -> None:
+        pix = self._memory_conditioned(objs, frame, reverse, feats)
+        pred: MaskPrediction = self.model.predict_masks(pix, feats.high_res, None, None, None, multimask_output=True)
+        memory, pos = self.model.encode_memory(feats.expand(len(objs)), pred.high_res, pred.object_score,
+                                               from_clicks=False)
+        memory = memory.to(torch.bfloat16)
+        self._mem_pos = pos[:1]
+        for i, obj in enumerate(objs):
+            obj.tracked[frame] = FrameOutput(
+                low_res=pred.low_res[i:i + 1].to(self.results_dtype),
+                object_score=pred.object_score[i:i + 1].float(),
+                obj_ptr=pred.obj_ptr[i:i + 1].float(),
+                memory=memory[i:i + 1].clone(),
+            )
+
+    # ------------------------------------------------------------------ validation
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.model.device.type, dtype=self.dtype)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SessionError("the session is closed")
+
+    def _check_frame(self, frame_idx) -> None:
+        if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
+            raise FrameIndexError(f"frame index must be an integer, got {frame_idx!r}")
+        if not 0 <= frame_idx < self.frame_count:
+            raise FrameIndexError(f"frame {frame_idx} is outside the video (frames 0..{self.frame_count - 1})")
+
+    def _object(self, obj_id: Hashable) -> ObjectState:
+        if obj_id not in self.objects:
+            raise UnknownObjectError(f"unknown object id {obj_id!r}; known ids: {self.obj_ids}")
+        return self.objects[obj_id]
+
+    def _make_prompt(self, points, labels, box, mask) -> PointPrompt | Tensor:
+        """Validate a prompt in video pixels and convert it to model input space."""
+        h, w = self.frame_size
+        size = self.model.config.image_size
+        if mask is not None:
+            if points is not None or labels is not None or box is not None:
+                raise PromptError("a mask prompt cannot be combined with points or a box")
+            m = np.asarray(mask)
+            if m.shape != (h, w):
+                raise PromptError(f"mask must have the video's frame shape {(h, w)}, got {m.shape}")
+            t = torch.from_numpy(m.astype(np.float32) > 0.5 if m.dtype != bool else m).float()[None, None]
+            if (h, w) != (size, size):
+                t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                t = (t >= 0.5).float()
+            return t.to(self.model.device)
+        if labels is not None and points is None:
+            raise PromptError("labels were given without points")
+        if points is not None and labels is None:
+            raise PromptError("points were given without labels")
+        if points is None and box is None:
+            raise PromptError("empty prompt: give points with labels, a box, or a mask")
+        coords, lab = torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int32)
+        if box is not None:
+            b = np.asarray(box, dtype=np.float64).reshape(-1)
+            if b.shape != (4,) or not np.isfinite(b).all():
+                raise PromptError(f"box must be 4 finite numbers (x1, y1, x2, y2), got {box!r}")
+            if b[2] <= b[0] or b[3] <= b[1]:
+                raise PromptError(f"box has zero or negative area: {b.tolist()}")
+            self._check_inside(b.reshape(2, 2), "box corner")
+            coords = self.model.input_coords(torch.from_numpy(b).float().view(1, 2, 2), (h, w))
+            lab = torch.tensor([[2, 3]], dtype=torch.int32)
+        if points is not None:
+            p = np.asarray(points, dtype=np.float64)
+            p = p[None] if p.ndim == 1 else p
+            lbl = np.asarray(labels).reshape(-1)
+            if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
+                raise PromptError(f"points must be N×2 (x, y) with N ≥ 1, got shape {np.asarray(points).shape}")
+            if lbl.shape != (len(p),):
+                raise PromptError(f"{len(p)} points need {len(p)} labels, got {lbl.shape[0]}")
+            if not np.isin(lbl, (0, 1)).all():
+                raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {np.unique(lbl).tolist()}")
+            self._check_inside(p, "point")
+            coords = torch.cat([coords, self.model.input_coords(torch.from_numpy(p).float()[None], (h, w))], 1)
+            lab = torch.cat([lab, torch.from_numpy(lbl.astype(np.int32))[None]], 1)
+        return PointPrompt(coords.to(self.model.device), lab.to(self.model.device))
+
+    def _check_inside(self, pts: np.ndarray, what: str) -> None:
+        h, w = self.frame_size
+        bad = ~np.isfinite(pts).all(1) | (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+        if bad.any():
+            raise PromptError(f"{what} {pts[bad][0].tolist()} lies outside the {w}×{h} frame")

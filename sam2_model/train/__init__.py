@@ -1,0 +1,1 @@
+"""Training and evaluation support: synthetic videos with ground-truth masklets, and DAVIS-style metrics."""

@@ -200,6 +200,18 @@ class VideoSession:
             self._check_frame(frame_idx)
             return self.obj_ids, self._video_logits(frame_idx)
 
+    def memory_stats(self) -> dict[str, int]:
+        """Bytes held by the session: cached frame features, spatial memories (the memory bank's large part),
+        and stored results (low-res logits, pointers and scores of every object on every visited frame)."""
+        nbytes = lambda t: 0 if t is None else t.numel() * t.element_size()  # noqa: E731
+        memories = results = 0
+        with self._lock:
+            for obj in self.objects.values():
+                for out in (*obj.cond.values(), *obj.pending.values(), *obj.tracked.values()):
+                    memories += nbytes(out.memory)
+                    results += nbytes(out.low_res) + nbytes(out.obj_ptr) + nbytes(out.object_score)
+            return {"features": self.features.nbytes, "memories": memories, "results": results}
+
     def _result(self, frame: int) -> FrameResult:
         logits = self._video_logits(frame)
         scores = [

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .prompts import check_boxes, check_points
 from .sam2 import SAM2, FrameFeatures
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -122,25 +123,11 @@ class ImagePredictor:
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together")
         if point_coords is not None:
-            pts = np.asarray(point_coords, dtype=np.float64)
-            lab = np.asarray(point_labels)
-            if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
-                raise ValueError(f"point_coords must have shape N×2 with N ≥ 1, got {pts.shape}")
-            if lab.shape != (len(pts),):
-                raise ValueError(f"point_labels must have shape ({len(pts)},) to match point_coords, got {lab.shape}")
-            if not np.isin(lab, (0, 1)).all():
-                raise ValueError(f"point_labels must be 1 (foreground) or 0 (background), got {np.unique(lab).tolist()}")
-            self._check_inside(pts, "point")
+            pts, lab = check_points(point_coords, point_labels, (h, w))
             coords = self.model.input_coords(torch.from_numpy(pts).float()[None], (h, w))
-            labels = torch.from_numpy(lab.astype(np.int32))[None]
+            labels = torch.from_numpy(lab)[None]
         if box is not None:
-            boxes = np.asarray(box, dtype=np.float64)
-            boxes = boxes[None] if boxes.ndim == 1 else boxes
-            if boxes.ndim != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"box must be (x1, y1, x2, y2) or B×4, got shape {np.asarray(box).shape}")
-            if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
-                raise ValueError(f"box must have x2 ≥ x1 and y2 ≥ y1, got {boxes.tolist()}")
-            self._check_inside(boxes.reshape(-1, 2), "box corner")
+            boxes = check_boxes(box, (h, w), allow_degenerate=True)
             box_coords = self.model.input_coords(torch.from_numpy(boxes).float().view(-1, 2, 2), (h, w))
             box_labels = torch.tensor([[2, 3]], dtype=torch.int32).repeat(len(boxes), 1)
             if coords is not None:
@@ -150,12 +137,6 @@ class ImagePredictor:
                 box_labels = torch.cat([box_labels, labels], dim=1)
             coords, labels = box_coords, box_labels
         return coords, labels
-
-    def _check_inside(self, pts: np.ndarray, what: str) -> None:
-        h, w = self._orig_hw
-        outside = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h) | ~np.isfinite(pts).all(1)
-        if outside.any():
-            raise ValueError(f"{what} {pts[outside][0].tolist()} lies outside the {w}×{h} image")
 
     def _mask_input(self, mask_input, batch: int) -> torch.Tensor | None:
         if mask_input is None:

@@ -7,50 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oracle import build_reference, randomize_, save_official_checkpoint
+from oracle import ReferenceImagePredictor, build_reference, randomize_, save_official_checkpoint
 from sam2_model import ImagePredictor, load_model
-from sam2_model.image_predictor import preprocess_image
 
 TOL = 1e-4
-
-
-class ReferenceImagePredictor:
-    """The reference SAM2ImagePredictor's steps, on the reference model's own methods (its module imports
-    torchvision, which the CPU test environment lacks). Input preprocessing is shared with ours."""
-
-    def __init__(self, ref, image: np.ndarray):
-        self.ref = ref
-        self.orig_hw = image.shape[:2]
-        x = preprocess_image(image, ref.image_size)
-        backbone_out = ref.forward_image(x)
-        _, feats, _, sizes = ref._prepare_backbone_features(backbone_out)
-        feats[-1] = feats[-1] + ref.no_mem_embed
-        maps = [f.permute(1, 2, 0).view(1, -1, *s) for f, s in zip(feats, sizes)]
-        self.embed, self.high_res = maps[-1], maps[:-1]
-
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
-        h, w = self.orig_hw
-        scale = torch.tensor([self.ref.image_size / w, self.ref.image_size / h])
-        points = None
-        if point_coords is not None:
-            points = (torch.as_tensor(point_coords, dtype=torch.float)[None] * scale,
-                      torch.as_tensor(point_labels, dtype=torch.int)[None])
-        if box is not None:
-            box_coords = torch.as_tensor(box, dtype=torch.float).reshape(-1, 2, 2) * scale
-            box_labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(box_coords.shape[0], 1)
-            if points is not None:
-                points = (torch.cat([box_coords, points[0]], 1), torch.cat([box_labels, points[1]], 1))
-            else:
-                points = (box_coords, box_labels)
-        masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float)[None]
-        sparse, dense = self.ref.sam_prompt_encoder(points=points, boxes=None, masks=masks)
-        low_res, iou, _, _ = self.ref.sam_mask_decoder(
-            image_embeddings=self.embed, image_pe=self.ref.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
-            repeat_image=points is not None and points[0].shape[0] > 1, high_res_features=self.high_res)
-        full = F.interpolate(low_res, self.orig_hw, mode="bilinear", align_corners=False)
-        # like the reference: drop the batch dimension only for a single prompt
-        return full.squeeze(0).numpy(), iou.squeeze(0).numpy(), low_res.clamp(-32, 32).squeeze(0).numpy()
 
 
 def smooth_image(h: int, w: int, seed: int) -> np.ndarray:
@@ -152,3 +112,48 @@ def test_embedding_is_reused(pair, monkeypatch):
     for kwargs in PROMPTS.values():
         ours.predict(**kwargs)
     assert calls == []
+
+
+@pytest.fixture(scope="module")
+def small_predictor():
+    from sam2_model import build_model, custom_config
+    torch.manual_seed(0)
+    return ImagePredictor(build_model(custom_config("input_test", image_size=128, d_model=64, memory_dim=16)))
+
+
+def test_predict_before_set_image(small_predictor):
+    small_predictor.reset()
+    with pytest.raises(ValueError, match="call set_image"):
+        small_predictor.predict(point_coords=[[1, 1]], point_labels=[1])
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((40, 50), np.uint8), "H×W×3"),
+    (np.zeros((40, 50, 4), np.uint8), "H×W×3"),
+    (np.zeros((40, 50, 3), np.float32), "uint8"),
+    (np.zeros((0, 50, 3), np.uint8), "empty"),
+    ([[1, 2, 3]], "numpy array"),
+])
+def test_bad_images(small_predictor, image, message):
+    with pytest.raises(ValueError, match=message):
+        small_predictor.set_image(image)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(point_coords=[[60, 10]], point_labels=[1]), "outside the 50×40 frame"),
+    (dict(point_coords=[[-1, 10]], point_labels=[1]), "outside"),
+    (dict(point_coords=[[10, 10]], point_labels=[1, 0]), "need 1 labels"),
+    (dict(point_coords=[[10, 10]], point_labels=[2]), "labels must be 1"),
+    (dict(point_coords=[[10, 10]]), "given together"),
+    (dict(point_coords=np.zeros((0, 2)), point_labels=[]), "N ≥ 1"),
+    (dict(box=[30, 10, 20, 30]), "x2 > x1"),
+    (dict(box=[10, 10, 20]), "4 numbers"),
+    (dict(box=[10, 10, 60, 30]), "outside"),
+    (dict(mask_input=np.zeros((64, 64))), "low-res logits"),
+])
+def test_bad_prompts(small_predictor, kwargs, message):
+    small_predictor.set_image(np.zeros((40, 50, 3), np.uint8))
+    with pytest.raises(ValueError, match=message):
+        small_predictor.predict(**kwargs)
+    masks, iou, low = small_predictor.predict(point_coords=[[10, 10]], point_labels=[1])  # still usable
+    assert masks.shape == (3, 40, 50) and iou.shape == (3,) and low.shape == (3, 32, 32)

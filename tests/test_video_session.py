@@ -68,7 +68,7 @@ def test_metadata_and_lazy_open(model):
     (lambda s: s.add_prompt(0, 1, points=[[500, 5]], labels=[1]), PromptError, "outside the 96×72 frame"),
     (lambda s: s.add_prompt(0, 1, box=[10, 10, 10, 30]), PromptError, "zero or negative area"),
     (lambda s: s.add_prompt(0, 1, box=[30, 10, 20, 30]), PromptError, "zero or negative area"),
-    (lambda s: s.add_prompt(0, 1, box=[1, 2, 3]), PromptError, "4 finite numbers"),
+    (lambda s: s.add_prompt(0, 1, box=[1, 2, 3]), PromptError, "4 numbers"),
     (lambda s: s.add_prompt(0, 1, mask=np.ones((10, 10), bool)), PromptError, "frame shape"),
     (lambda s: s.add_prompt(0, 1, mask=np.ones((H, W), bool), box=[1, 1, 9, 9]), PromptError, "cannot be combined"),
     (lambda s: s.add_prompt(0, 7, box=[1, 1, 9, 9], clear_old=False), PromptError, "box must be the first"),

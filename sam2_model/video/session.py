@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..prompts import check_boxes, check_points
 from ..sam2 import NO_OBJECT_LOGIT, SAM2, FrameFeatures, MaskPrediction
 from .feature_cache import FeatureCache
 from .frames import FrameSource, preprocess_frame
@@ -361,31 +362,13 @@ class VideoSession:
             raise PromptError("empty prompt: give points with labels, a box, or a mask")
         coords, lab = torch.zeros(1, 0, 2), torch.zeros(1, 0, dtype=torch.int32)
         if box is not None:
-            b = np.asarray(box, dtype=np.float64).reshape(-1)
-            if b.shape != (4,) or not np.isfinite(b).all():
-                raise PromptError(f"box must be 4 finite numbers (x1, y1, x2, y2), got {box!r}")
-            if b[2] <= b[0] or b[3] <= b[1]:
-                raise PromptError(f"box has zero or negative area: {b.tolist()}")
-            self._check_inside(b.reshape(2, 2), "box corner")
+            b = check_boxes(box, (h, w), PromptError)
+            if len(b) != 1:
+                raise PromptError(f"one box per object and frame, got {len(b)}")
             coords = self.model.input_coords(torch.from_numpy(b).float().view(1, 2, 2), (h, w))
             lab = torch.tensor([[2, 3]], dtype=torch.int32)
         if points is not None:
-            p = np.asarray(points, dtype=np.float64)
-            p = p[None] if p.ndim == 1 else p
-            lbl = np.asarray(labels).reshape(-1)
-            if p.ndim != 2 or p.shape[1] != 2 or len(p) == 0:
-                raise PromptError(f"points must be N×2 (x, y) with N ≥ 1, got shape {np.asarray(points).shape}")
-            if lbl.shape != (len(p),):
-                raise PromptError(f"{len(p)} points need {len(p)} labels, got {lbl.shape[0]}")
-            if not np.isin(lbl, (0, 1)).all():
-                raise PromptError(f"labels must be 1 (positive) or 0 (negative), got {np.unique(lbl).tolist()}")
-            self._check_inside(p, "point")
+            p, lbl = check_points(points, labels, (h, w), PromptError)
             coords = torch.cat([coords, self.model.input_coords(torch.from_numpy(p).float()[None], (h, w))], 1)
-            lab = torch.cat([lab, torch.from_numpy(lbl.astype(np.int32))[None]], 1)
+            lab = torch.cat([lab, torch.from_numpy(lbl)[None]], 1)
         return PointPrompt(coords.to(self.model.device), lab.to(self.model.device))
-
-    def _check_inside(self, pts: np.ndarray, what: str) -> None:
-        h, w = self.frame_size
-        bad = ~np.isfinite(pts).all(1) | (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
-        if bad.any():
-            raise PromptError(f"{what} {pts[bad][0].tolist()} lies outside the {w}×{h} frame")

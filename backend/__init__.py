@@ -9,4 +9,11 @@ and Label Studio's JSON:
 - `prompts`: Label Studio regions (interactive context, drafts, annotations) -> `ObjectPrompts`.
 - `results`: model output (per-frame boxes or masks) -> Label Studio results
   (videorectangle keyframes, brush RLE, bitmask PNG).
+
+The server around them (`gunicorn --config config/gunicorn.conf.py backend.wsgi:app`):
+
+- `app` (factory `create_app`), `protocol` (routes, basic auth, JSON errors), `errors` (exception -> status);
+- `model` (`SAM2Backend`: setup / predict / fit, the lazily loaded model, time budgets);
+- `predict` (one task -> one prediction for each project kind), `tracking` (resumable propagation of a
+  video session), `sessions` (per-task state with TTL and byte budget), `media` (task media -> cached files).
 """

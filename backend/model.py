@@ -1,0 +1,244 @@
+"""The backend's model object, in the label-studio-ml shape: `setup`, `predict`, `fit`.
+
+The SAM 2 model is loaded once per process, on first use (or in the background after /setup), under a
+lock, so concurrent first requests load it once. Label Studio may never call /setup (after a restart): every
+request carries what it needs, and /setup only adds fallbacks (the label config per project, and the
+hostname and token to fetch media with when LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are unset).
+
+Time limits (Label Studio gives up on /predict after 100 s):
+- interactive requests (params.context present) track for at most INTERACTIVE_BUDGET_S after the request
+  arrived; the prompted frames are answered first, then as many frames as fit around the newest edit;
+- batch requests (Retrieve Predictions, context null) share PREDICT_BUDGET_S over all their tasks; tasks
+  reached after it get an empty prediction and are logged.
+Work is kept in the task's session: asking again with unchanged prompts resumes the tracking, so repeated
+Retrieve Predictions complete long videos.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+import torch
+
+from config.settings import Settings
+from sam2_model import SAM2, CheckpointError, ImagePredictor, load_model
+from sam2_model.video.predictor import VideoPredictor
+
+from .errors import BackendError, http_error
+from .labelconfig import parse_label_config
+from .media import MediaFetcher
+from .predict import TaskPredictor
+from .prompts import current_regions
+from .results import prediction
+from .sessions import SessionStore
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class LazyModel:
+    """The process's SAM 2 model, loaded on first `get()` (thread-safe); `model` injects a loaded one."""
+
+    def __init__(self, settings: Settings, model: SAM2 | None = None):
+        self.settings = settings
+        self._model = model
+        self._lock = threading.Lock()
+        self.error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> SAM2:
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load()
+        return self._model
+
+    def warm_up(self) -> None:
+        """Load in a background thread (errors are kept for /health and raised again on use)."""
+        if self._model is None and self.settings.sam2_checkpoint:
+            threading.Thread(target=self._quiet_get, name="sam2-warm-up", daemon=True).start()
+
+    def _quiet_get(self) -> None:
+        try:
+            self.get()
+        except BackendError:
+            pass
+
+    def _load(self) -> SAM2:
+        path = self.settings.sam2_checkpoint
+        if not path:
+            raise BackendError("no model configured: set SAM2_CHECKPOINT to a SAM 2 checkpoint file", 503)
+        device = resolve_device(self.settings.device)
+        started = time.monotonic()
+        try:
+            model = load_model(path, self.settings.sam2_model or None, device=device)
+        except (CheckpointError, ValueError, RuntimeError) as exc:
+            self.error = f"cannot load SAM2_CHECKPOINT={path!r} (SAM2_MODEL={self.settings.sam2_model!r}): {exc}"
+            raise BackendError(self.error, 503) from exc
+        logger.info("loaded %s on %s in %.1f s", path, device, time.monotonic() - started)
+        self.error = None
+        return model
+
+
+class SAM2Backend:
+    """Serves Label Studio's /setup, /predict and /webhook bodies (see protocol.py for the HTTP side)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        model: SAM2 | None = None,
+        http: requests.Session | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.settings = settings
+        self.clock = clock
+        self.model = LazyModel(settings, model)
+        self.store = SessionStore(settings.session_ttl_s, settings.session_budget_mb << 20, clock)
+        self.fetcher = MediaFetcher(settings.media_cache_dir, settings.media_cache_mb << 20,
+                                    settings.max_download_mb << 20, settings.download_timeout_s,
+                                    self._credentials, http)
+        self.predictor = TaskPredictor(self._video_predictor, self._image_predictor, self.fetcher, self.store,
+                                       settings.max_propagation_frames, settings.box_tolerance_px, self.model_version)
+        self._setups: dict[str, dict] = {}  # project id -> latest /setup body
+        self._video: VideoPredictor | None = None
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def model_version(self) -> str:
+        if self.settings.sam2_model:
+            return self.settings.sam2_model
+        if self.settings.sam2_checkpoint:
+            return Path(self.settings.sam2_checkpoint).stem
+        return self.model._model.config.name if self.model.loaded else "sam2"
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[name] += n
+
+    # -- model access -------------------------------------------------------------------------------
+
+    def _video_predictor(self) -> VideoPredictor:
+        model = self.model.get()
+        with self._lock:
+            if self._video is None:
+                dtype = self.settings.sam2_dtype
+                if dtype == "auto":
+                    dtype = "bfloat16" if model.device.type == "cuda" else "float32"
+                self._video = VideoPredictor(model, dtype=DTYPES[dtype],
+                                             feature_cache_bytes=self.settings.feature_cache_mb << 20)
+            return self._video
+
+    def _image_predictor(self) -> ImagePredictor:
+        return ImagePredictor(self.model.get())
+
+    def _credentials(self) -> tuple[str | None, str | None]:
+        """LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY, else what the latest /setup said."""
+        with self._lock:
+            latest = next(reversed(self._setups.values()), {}) if self._setups else {}
+        url = self.settings.label_studio_url or latest.get("hostname") or None
+        key = self.settings.label_studio_api_key or latest.get("access_token") or None
+        return url, key
+
+    # -- label-studio-ml interface ------------------------------------------------------------------
+
+    def setup(self, body: Mapping[str, Any]) -> dict:
+        """Remember the project's config and Label Studio's address; check the config; warm the model up."""
+        project = str(body.get("project") or "").split(".")[0]
+        schema = body.get("schema")
+        if schema is not None:
+            if not isinstance(schema, str):
+                raise BackendError('"schema" must be the label config XML string')
+            parse_label_config(schema)
+        with self._lock:
+            self._setups.pop(project, None)
+            self._setups[project] = {k: body.get(k) for k in ("schema", "hostname", "access_token")
+                                     if isinstance(body.get(k), str) and body.get(k)}
+        self.model.warm_up()
+        return {"model_version": self.model_version}
+
+    def predict(
+        self,
+        tasks: list[dict],
+        label_config: str | None = None,
+        project: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        started: float | None = None,
+    ) -> dict:
+        """One prediction per task, in order. context None = batch (prompts from annotations/drafts)."""
+        started = self.clock() if started is None else started
+        if label_config is None:
+            with self._lock:
+                label_config = self._setups.get(str(project or "").split(".")[0], {}).get("schema")
+            if label_config is None:
+                raise BackendError('"label_config" is missing (and no /setup gave this project\'s config)')
+        config = parse_label_config(label_config)
+        interactive = context is not None
+        budget = self.settings.interactive_budget_s if interactive else self.settings.predict_budget_s
+        deadline = started + budget
+        results = []
+        for i, task in enumerate(tasks):
+            regions = current_regions(task, context)
+            if interactive:
+                results.append(self.predictor.predict(task, config, regions, deadline))
+            elif self.clock() >= deadline:
+                logger.warning("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s left without prediction; "
+                               "retrieve its predictions again", budget, task.get("id"))
+                self.count("tasks_skipped_budget")
+                results.append(prediction([], model_version=self.model_version))
+            else:
+                results.append(self._batch_task(task, config, regions, deadline))
+        self.count("tasks", len(tasks))
+        return {"results": results, "model_version": self.model_version}
+
+    def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float) -> dict:
+        """A batch task's prediction; a task whose own data is unusable gets an empty one (logged)."""
+        try:
+            return self.predictor.predict(task, config, regions, deadline)
+        except Exception as exc:
+            answer = http_error(exc)
+            if answer is None or answer[0] >= 500:
+                raise
+            logger.warning("task %s: no prediction: %s", task.get("id"), answer[1])
+            self.count("tasks_failed")
+            return prediction([], model_version=self.model_version)
+
+    def fit(self, event: str, data: Mapping[str, Any]) -> dict:
+        """SAM 2 is not trained here; annotation events are acknowledged and otherwise ignored."""
+        self.count(f"webhook_{event}")
+        return {"status": "ok", "event": event, "trained": False}
+
+    # -- introspection ------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        out = {"status": "UP", "model_class": type(self).__name__, "model_version": self.model_version,
+               "model_loaded": self.model.loaded}
+        if self.model.error:
+            out["model_error"] = self.model.error
+        return out
+
+    def metrics(self) -> dict:
+        with self._lock:
+            counters = dict(self.counters)
+        return {"model_loaded": self.model.loaded, "model_version": self.model_version, **self.store.stats(),
+                "media_downloads": self.fetcher.downloads, "media_cache_bytes": self.fetcher.cached_bytes(),
+                "counters": counters}
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,226 @@
+"""One task -> one prediction, for the three project kinds.
+
+- video (`<Video>` + `<VideoRectangle>`): every user keyframe is a box prompt on its frame; all objects are
+  tracked in both directions and each comes back as one videorectangle region (its id and label kept, the
+  user's keyframes verbatim, computed keyframes where the box moves beyond BOX_TOLERANCE_PX).
+- image sequence (`<Image valueList>`): keypoint/rectangle/brush prompts located by item_index; every
+  object comes back as a brush (or bitmask) region on every frame where it is seen.
+- single image: SAM 2 image mode, one mask region per object.
+A mask the user gave as the only prompt of a frame comes back on that frame exactly as given.
+Tracking work is bounded by `deadline` (see tracking.Tracker); what was not reached is left out.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sam2_model import ImagePredictor
+from sam2_model.video.predictor import VideoPredictor
+
+from .labelconfig import LabelConfig
+from .media import MediaError, MediaFetcher, load_image, validate_image, validate_video
+from .prompts import FramePrompt, PromptError, image_prompts, video_prompts
+from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
+from .sessions import SessionStore
+from .tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+PROMPT_TYPES = ("videorectangle", "keypointlabels", "rectanglelabels", "brushlabels", "bitmasklabels")
+MASK_PROMPT_LOGIT = 10.0  # a user mask as SAM's low-res mask input: +/- this logit
+
+
+def has_prompt_regions(regions: Sequence[Mapping[str, Any]], config: LabelConfig) -> bool:
+    """Cheap test, before any download: could these regions hold a prompt for the config's media?"""
+    return any(r.get("type") in PROMPT_TYPES and r.get("to_name") == config.object_name for r in regions)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0)))
+
+
+def _labels(config: LabelConfig, label: str | None) -> list[str] | None:
+    """The object's label, if the output control can carry it."""
+    if label is None or (config.output_labels and label not in config.output_labels):
+        return None
+    return [label]
+
+
+def _mask_only(fp: FramePrompt | None) -> np.ndarray | None:
+    """The user's mask when it is the frame's only prompt (it is then returned as given)."""
+    if fp is not None and fp.mask is not None and not fp.points and fp.box is None:
+        return fp.mask
+    return None
+
+
+@dataclass
+class EmbeddedImage:
+    """An image predictor holding one image's embedding, and that image's size."""
+
+    predictor: ImagePredictor
+    width: int
+    height: int
+
+    def nbytes(self) -> int:
+        """Embedding plus the two high-resolution feature maps: about 4x the embedding."""
+        emb = self.predictor.get_image_embedding()
+        return 4 * emb.numel() * emb.element_size()
+
+
+class TaskPredictor:
+    """Prediction for one task at a time, sharing the model, the media cache and the session store."""
+
+    def __init__(
+        self,
+        video_predictor: Callable[[], VideoPredictor],
+        image_predictor: Callable[[], ImagePredictor],
+        fetcher: MediaFetcher,
+        store: SessionStore,
+        max_frames: int,
+        box_tolerance_px: float,
+        model_version: str,
+    ):
+        self.video_predictor = video_predictor
+        self.image_predictor = image_predictor
+        self.fetcher = fetcher
+        self.store = store
+        self.max_frames = max_frames
+        self.box_tolerance_px = box_tolerance_px
+        self.model_version = model_version
+
+    def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float) -> dict:
+        """The prediction for `task` from `regions` (prompts); empty when they hold no prompt."""
+        if not has_prompt_regions(regions, config):
+            return prediction([], model_version=self.model_version)
+        kind = {"video": self._video, "image_sequence": self._sequence, "image": self._image}[config.kind]
+        return prediction(kind(task, config, regions, deadline), model_version=self.model_version)
+
+    # -- video --------------------------------------------------------------------------------------
+
+    def _video(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+        data = task["data"]
+        ref = config.media(data)
+        fps = config.fps(data)
+        path = self.fetcher.fetch(ref, task.get("id"), validate_video, "video")
+        key = ("video", task.get("id"), ref)
+        with self.store.use(key, lambda: Tracker(self.video_predictor().open(path)), Tracker.nbytes) as entry:
+            tracker: Tracker = entry.value
+            height, width = tracker.session.frame_size
+            n = tracker.frame_count
+            if tracker.session.fps > 0 and abs(tracker.session.fps - fps) > 0.01 * fps:
+                logger.warning("task %s: the label config says %.3f fps, the video has %.3f fps; Label Studio's frame "
+                               "numbers follow the config", task.get("id"), fps, tracker.session.fps)
+            objects = video_prompts(regions, config, (width, height), n)
+            if not objects:
+                return []
+            tracker.set_prompts(objects, self.max_frames)
+            if not tracker.run(deadline):
+                logger.info("task %s: time budget reached, frames %s tracked", task.get("id"), tracker.progress.covered())
+            boxes = {o.key: np.full((n, 4), np.nan) for o in objects}
+            scores: dict[str, list[float]] = {o.key: [] for o in objects}
+            for result in tracker.results():
+                for i, obj_id in enumerate(result.obj_ids):
+                    box = mask_to_box(result.masks[i])
+                    if box is not None:
+                        boxes[obj_id][result.frame_idx] = box
+                        scores[obj_id].append(_sigmoid(float(result.object_scores[i])))
+        out = []
+        for o in objects:
+            region = masklet_to_videorectangle(
+                boxes[o.key], region_id=o.key, from_name=config.output.name, to_name=config.object_name,
+                frame_size=(width, height), fps=fps, frames_count=n, labels=_labels(config, o.label),
+                user_keyframes=o.user_keyframes, tolerance_px=self.box_tolerance_px,
+                score=float(np.mean(scores[o.key])) if scores[o.key] else None,
+            )
+            if region is not None:
+                out.append(region)
+        return out
+
+    # -- image sequence -----------------------------------------------------------------------------
+
+    def _sequence(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+        refs = config.media(task["data"])
+        paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
+
+        def open_sequence() -> Tracker:
+            frames = [load_image(p) for p in paths]
+            for i, f in enumerate(frames):
+                if f.shape != frames[0].shape:
+                    raise MediaError(f"image sequence frames must share one size: frame 0 is "
+                                      f"{frames[0].shape[1]}x{frames[0].shape[0]}, frame {i} is {f.shape[1]}x{f.shape[0]}")
+            return Tracker(self.video_predictor().open(frames), extra_bytes=sum(f.nbytes for f in frames))
+
+        key = ("sequence", task.get("id"), tuple(refs))
+        with self.store.use(key, open_sequence, Tracker.nbytes) as entry:
+            tracker: Tracker = entry.value
+            height, width = tracker.session.frame_size
+            objects = image_prompts(regions, config, [(width, height)] * tracker.frame_count)
+            if not objects:
+                return []
+            tracker.set_prompts(objects, self.max_frames)
+            tracker.run(deadline)
+            given = {(o.key, fp.frame): _mask_only(fp) for o in objects for fp in o.frames}
+            labels = {o.key: _labels(config, o.label) for o in objects}
+            out = []
+            for result in tracker.results():
+                for i, obj_id in enumerate(result.obj_ids):
+                    mask = given.get((obj_id, result.frame_idx))
+                    mask = result.masks[i] if mask is None else mask
+                    if mask.any():
+                        out.append(mask_to_region(
+                            config, mask, region_id=f"{obj_id}_{result.frame_idx}", labels=labels[obj_id],
+                            item_index=result.frame_idx, score=_sigmoid(float(result.object_scores[i])),
+                            parent_id=obj_id))
+        return out
+
+    # -- single image -------------------------------------------------------------------------------
+
+    def _image(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+        ref = config.media(task["data"])
+        path = self.fetcher.fetch(ref, task.get("id"), validate_image, "image")
+
+        def embed() -> EmbeddedImage:
+            rgb = load_image(path)
+            predictor = self.image_predictor()
+            predictor.set_image(rgb)
+            return EmbeddedImage(predictor, rgb.shape[1], rgb.shape[0])
+
+        with self.store.use(("image", ref), embed, EmbeddedImage.nbytes) as entry:
+            predictor, width, height = entry.value.predictor, entry.value.width, entry.value.height
+            objects = image_prompts(regions, config, [(width, height)])
+            out = []
+            for o in objects:
+                fp = o.frames[0]
+                mask, score = _mask_only(fp), None
+                if mask is None:
+                    mask, score = self._image_mask(predictor, fp)
+                if mask.any():
+                    out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o.label),
+                                              score=score, parent_id=o.key))
+        return out
+
+    @staticmethod
+    def _image_mask(predictor: ImagePredictor, fp: FramePrompt) -> tuple[np.ndarray, float]:
+        """Best mask of one object's prompts (bool H×W) and its predicted IoU."""
+        grid = 4 * predictor.model.config.image_embedding_size
+        mask_input = None
+        if fp.mask is not None:
+            rows = np.arange(grid) * fp.mask.shape[0] // grid
+            cols = np.arange(grid) * fp.mask.shape[1] // grid
+            small = fp.mask[rows[:, None], cols[None, :]]
+            mask_input = np.where(small, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT)[None].astype(np.float32)
+        points = np.asarray(fp.points, dtype=np.float64).reshape(-1, 2) if fp.points else None
+        labels = np.asarray(fp.point_labels) if fp.points else None
+        box = np.asarray(fp.box, dtype=np.float64) if fp.box is not None else None
+        multimask = box is None and mask_input is None and len(fp.points) == 1
+        try:
+            masks, ious, _ = predictor.predict(points, labels, box, mask_input, multimask_output=multimask)
+        except ValueError as exc:
+            raise PromptError(str(exc)) from exc
+        best = int(np.argmax(ious))
+        return masks[best], float(ious[best])

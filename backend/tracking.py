@@ -1,0 +1,168 @@
+"""A video session plus the progress of propagating its current prompts, resumable across requests.
+
+Propagation runs from a start frame S in both directions, in alternating chunks of CHUNK frames: forward
+S..S+15, backward S..S-15 (S is tracked again, as in the engine's "both" pass, and the later result wins),
+forward S+16.., backward S-16.., and so on. A chunk of 16 frames or more gives every frame exactly the
+memories and object pointers it gets when the whole forward pass precedes the backward pass, so the result
+does not depend on where a request's time budget cut the work. The next request with the same prompts
+resumes where the last one stopped; changed prompts restart from S = the earliest changed prompt frame,
+so the frames around the user's latest edit are tracked first.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from sam2_model.video.session import FrameResult, VideoSession
+
+from .prompts import FramePrompt, ObjectPrompts
+
+CHUNK = 16  # >= the engine's 16 object pointers and 7 memories: chunking does not change results
+
+
+def _prompt_key(fp: FramePrompt) -> tuple:
+    mask = None if fp.mask is None else hashlib.sha1(np.packbits(fp.mask)).hexdigest() + str(fp.mask.shape)
+    return (tuple(fp.points), tuple(fp.point_labels), fp.box, mask)
+
+
+def signature(objects: Sequence[ObjectPrompts]) -> dict[tuple[str, int], tuple]:
+    """{(object key, frame): prompt fingerprint} of every prompted frame."""
+    return {(o.key, fp.frame): _prompt_key(fp) for o in objects for fp in o.frames}
+
+
+def add_frame_prompt(session: VideoSession, key: str, fp: FramePrompt) -> FrameResult:
+    """Give one FramePrompt to the session: the mask first, then box and points refining it."""
+    result = None
+    if fp.mask is not None:
+        result = session.add_prompt(fp.frame, key, mask=fp.mask)
+    if fp.points or fp.box is not None:
+        points = np.asarray(fp.points, dtype=np.float64).reshape(-1, 2) if fp.points else None
+        labels = np.asarray(fp.point_labels, dtype=np.int64) if fp.points else None
+        result = session.add_prompt(fp.frame, key, points=points, labels=labels, box=fp.box)
+    return result
+
+
+@dataclass
+class Progress:
+    """Frames tracked so far: forward S..fwd_next-1 (up to fwd_end), backward S..bwd_next+1 (down to bwd_end)."""
+
+    start: int
+    fwd_next: int
+    fwd_end: int
+    bwd_next: int
+    bwd_end: int
+    bwd_started: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.fwd_next > self.fwd_end and self.bwd_next < self.bwd_end
+
+    def covered(self) -> range:
+        low = self.bwd_next + 1 if self.bwd_started else self.start
+        return range(low, max(self.fwd_next, low))
+
+
+class Tracker:
+    """Owns a VideoSession (numpy in, numpy out) and the propagation state of its prompts.
+
+    extra_bytes: memory held beside the session (e.g. the frames of an image sequence), for the store.
+    """
+
+    def __init__(self, session: VideoSession, extra_bytes: int = 0):
+        self.session = session
+        self.extra_bytes = extra_bytes
+        self.prompts: dict[tuple[str, int], tuple] = {}
+        self.objects: list[ObjectPrompts] = []
+        self.progress: Progress | None = None
+
+    @property
+    def frame_count(self) -> int:
+        return self.session.frame_count
+
+    def nbytes(self) -> int:
+        grid = 4 * self.session.model.config.image_embedding_size
+        tracked = len(self.progress.covered()) if self.progress else 0
+        results = tracked * len(self.objects) * grid * grid * 2  # float16 low-res logits per object-frame
+        return self.session.features.nbytes + results + self.extra_bytes
+
+    def close(self) -> None:
+        self.session.close()
+
+    def set_prompts(self, objects: Sequence[ObjectPrompts], max_frames: int, start: int | None = None) -> bool:
+        """Make the session hold exactly these prompts; False (nothing done) when they are unchanged.
+
+        start: the frame to propagate from; default the earliest prompt that differs from the previous
+        request's (all prompts count as changed the first time). Raises the session's PromptError or
+        FrameIndexError for bad prompts, leaving the tracker without prompts.
+        """
+        new = signature(objects)
+        if new == self.prompts and self.progress is not None:
+            return False
+        changed = [frame for k, frame in new if self.prompts.get((k, frame)) != new[(k, frame)]]
+        removed = [frame for k, frame in self.prompts if (k, frame) not in new]
+        self.session.reset()
+        self.prompts, self.objects, self.progress = {}, [], None
+        for obj in objects:
+            for fp in obj.frames:
+                add_frame_prompt(self.session, obj.key, fp)
+        if start is None:
+            start = min(changed or removed or [fp.frame for o in objects for fp in o.frames])
+        if not any(fp.frame == start for o in objects for fp in o.frames):  # propagation starts on a prompt
+            start = min((fp.frame for o in objects for fp in o.frames), key=lambda f: abs(f - start))
+        last = self.frame_count - 1
+        self.progress = Progress(start, start, min(last, start + max_frames), start, max(0, start - max_frames))
+        self.prompts, self.objects = new, list(objects)
+        return True
+
+    def run(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:
+        """Propagate until done or `deadline` (clock time); True when every frame in range is tracked."""
+        p = self.progress
+        if p is None or not self.objects:
+            return True
+        while not p.done and clock() < deadline:
+            if p.fwd_next <= p.fwd_end:
+                self._forward(min(CHUNK, p.fwd_end - p.fwd_next + 1), deadline, clock)
+            if p.bwd_next >= p.bwd_end and clock() < deadline:
+                self._backward(deadline, clock)
+        return p.done
+
+    def _forward(self, count: int, deadline: float, clock) -> None:
+        p = self.progress
+        frames = self.session.propagate("forward", start_frame=p.fwd_next, max_frames=count - 1)
+        self._consume(frames, deadline, clock, lambda f: setattr(p, "fwd_next", f + 1))
+
+    def _backward(self, deadline: float, clock) -> None:
+        p = self.progress
+        if p.start == 0 and p.bwd_end == 0:  # nothing before the start frame
+            p.bwd_next, p.bwd_started = -1, True
+            return
+        # the engine's backward pass cannot start on frame 0: start on frame 1 again (same memories, same result)
+        first = max(p.bwd_next, 1)
+        count = min(CHUNK, first - p.bwd_end + 1)
+        frames = self.session.propagate("backward", start_frame=first, max_frames=count - 1)
+        p.bwd_started = True
+        self._consume(frames, deadline, clock, lambda f: setattr(p, "bwd_next", min(p.bwd_next, f - 1)))
+
+    @staticmethod
+    def _consume(frames: Iterator[FrameResult], deadline: float, clock, advance: Callable[[int], None]) -> None:
+        try:
+            for result in frames:
+                advance(result.frame_idx)
+                if clock() >= deadline:
+                    break
+        finally:
+            frames.close()
+
+    def frames(self) -> list[int]:
+        """Frames with results: the tracked range plus every prompted frame."""
+        covered = set(self.progress.covered()) if self.progress else set()
+        return sorted(covered | {frame for _, frame in self.prompts})
+
+    def results(self) -> Iterator[FrameResult]:
+        """The masks of every object on each frame of `frames()`."""
+        for frame in self.frames():
+            yield self.session.result(frame)

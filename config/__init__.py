@@ -1,0 +1,1 @@
+"""Deployment configuration: settings from environment variables and the gunicorn config."""

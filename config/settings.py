@@ -1,0 +1,135 @@
+"""Backend settings, read once from environment variables (Label Studio ML backend habits).
+
+| variable | default | meaning |
+|---|---|---|
+| SAM2_CHECKPOINT | (unset) | checkpoint file; required for predictions (/health works without it) |
+| SAM2_MODEL | (inferred) | config name, e.g. sam2.1_hiera_tiny; inferred from an official file name or the config stored in a custom checkpoint |
+| DEVICE | auto | cpu, cuda, cuda:N, or auto (cuda when available) |
+| SAM2_DTYPE | auto | float32, bfloat16 or float16 for video tracking; auto: bfloat16 on CUDA, float32 on CPU |
+| PORT | 9090 | listening port (gunicorn binds 0.0.0.0:PORT) |
+| WORKERS | 1 | gunicorn processes; each loads its own model and keeps its own sessions |
+| THREADS | 4 | threads per worker (gthread) |
+| LOG_LEVEL | INFO | DEBUG, INFO, WARNING, ERROR or CRITICAL |
+| LABEL_STUDIO_URL | (unset) | Label Studio base URL for /data/upload, /data/local-files and presigned cloud media; falls back to /setup's hostname |
+| LABEL_STUDIO_API_KEY | (unset) | legacy token or personal access token (JWT); falls back to /setup's access_token |
+| BASIC_AUTH_USER, BASIC_AUTH_PASS | (unset) | when both are set, every route but /health needs HTTP basic auth |
+| MAX_PROPAGATION_FRAMES | 10000 | frames tracked beyond the start frame in each direction, per video |
+| INTERACTIVE_BUDGET_S | 20 | seconds of tracking per interactive /predict (a person waits) |
+| PREDICT_BUDGET_S | 75 | seconds of tracking per batch /predict, all tasks together (Label Studio gives up after 100 s) |
+| BOX_TOLERANCE_PX | 1.0 | max pixel error of Label Studio's interpolation between computed video keyframes |
+| FEATURE_CACHE_MB | 512 | cached frame features per video session (about 12 MiB per frame at 1024 px) |
+| SESSION_TTL_S | 1800 | idle seconds after which a video session is released |
+| SESSION_BUDGET_MB | 4096 | bytes all sessions of a worker may hold (features and masks); least recently used go first |
+| MEDIA_CACHE_DIR | <tmp>/sam2-backend-media | downloaded media |
+| MEDIA_CACHE_MB | 4096 | size of the media cache on disk; least recently used files go first |
+| MAX_DOWNLOAD_MB | 2048 | largest media file accepted |
+| DOWNLOAD_TIMEOUT_S | 30 | connect/read timeout of each media request |
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds an invalid value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings; build with `Settings.from_env()` or directly (tests)."""
+
+    sam2_checkpoint: str | None = None
+    sam2_model: str | None = None
+    device: str = "auto"
+    sam2_dtype: str = "auto"
+    port: int = 9090
+    workers: int = 1
+    threads: int = 4
+    log_level: str = "INFO"
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    max_propagation_frames: int = 10000
+    interactive_budget_s: float = 20.0
+    predict_budget_s: float = 75.0
+    box_tolerance_px: float = 1.0
+    feature_cache_mb: int = 512
+    session_ttl_s: float = 1800.0
+    session_budget_mb: int = 4096
+    media_cache_dir: str = os.path.join(tempfile.gettempdir(), "sam2-backend-media")
+    media_cache_mb: int = 4096
+    max_download_mb: int = 2048
+    download_timeout_s: float = 30.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every field from the variable of the same name in upper case; unset or empty = default."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.name.upper(), "").strip()
+            if raw:
+                values[f.name] = _parse(f.name.upper(), raw, f.type)
+        return cls(**values)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        checks = [
+            ("PORT", 1 <= self.port <= 65535, "must be in 1..65535"),
+            ("WORKERS", self.workers >= 1, "must be at least 1"),
+            ("THREADS", self.threads >= 1, "must be at least 1"),
+            ("MAX_PROPAGATION_FRAMES", self.max_propagation_frames >= 0, "must be >= 0"),
+            ("INTERACTIVE_BUDGET_S", self.interactive_budget_s > 0, "must be > 0"),
+            ("PREDICT_BUDGET_S", self.predict_budget_s > 0, "must be > 0"),
+            ("BOX_TOLERANCE_PX", self.box_tolerance_px >= 0, "must be >= 0"),
+            ("FEATURE_CACHE_MB", self.feature_cache_mb >= 1, "must be at least 1"),
+            ("SESSION_TTL_S", self.session_ttl_s > 0, "must be > 0"),
+            ("SESSION_BUDGET_MB", self.session_budget_mb >= 1, "must be at least 1"),
+            ("MEDIA_CACHE_MB", self.media_cache_mb >= 1, "must be at least 1"),
+            ("MAX_DOWNLOAD_MB", self.max_download_mb >= 1, "must be at least 1"),
+            ("DOWNLOAD_TIMEOUT_S", self.download_timeout_s > 0, "must be > 0"),
+            ("LOG_LEVEL", self.log_level in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
+            ("SAM2_DTYPE", self.sam2_dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+            ("DEVICE", _valid_device(self.device), "must be auto, cpu, cuda, cuda:N or mps"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise SettingsError(f"{name} {rule}, got {getattr(self, name.lower())!r}")
+        if self.label_studio_url:
+            url = urlparse(self.label_studio_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise SettingsError(f"LABEL_STUDIO_URL must be an http(s) URL, got {self.label_studio_url!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda", "mps"):
+        return True
+    kind, _, index = device.partition(":")
+    return kind == "cuda" and index.isdigit()
+
+
+def _parse(name: str, raw: str, type_: str) -> object:
+    """Convert `raw` to the field's annotated type ("int", "float", "str", "str | None")."""
+    try:
+        if type_ == "int":
+            return int(raw)
+        if type_ == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be {'an integer' if type_ == 'int' else 'a number'}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,314 @@
+"""The HTTP backend through Flask's test client, on Label Studio 1.23.2's captured bodies.
+
+Media come from a fake Label Studio on 127.0.0.1 (token required); the model is a small random-weight SAM 2
+loaded from a checkpoint the tests write. Random weights make the masks arbitrary, so the tests check the
+protocol, the structure of the results, what must hold whatever the masks (user keyframes and user masks
+come back unchanged, frames and times match the video), and the error answers.
+"""
+from __future__ import annotations
+
+import copy
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from backend.app import create_app
+from backend.prompts import decode_bitmask, decode_brush
+from backend.results import AUTO_KEY, mask_to_bitmask, mask_to_brush
+from config.settings import Settings
+from tests.backend_helpers import (
+    FPS, H, N_FRAMES, VIDEO_PATH, W, captured, clip_frames, h264_bytes, png_bytes, small_model, write_checkpoint,
+)
+from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio
+
+SEQ_XML = """<View>
+  <Image name="frames" valueList="$frames"/>
+  <KeyPointLabels name="kp" toName="frames" smart="true"><Label value="Car"/></KeyPointLabels>
+  <RectangleLabels name="rect" toName="frames" smart="true"><Label value="Car"/></RectangleLabels>
+  <BrushLabels name="brush" toName="frames"><Label value="Car"/></BrushLabels>
+</View>"""
+IMAGE_XML = """<View>
+  <Image name="image" value="$image"/>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Car"/></KeyPointLabels>
+  <{out} name="mask" toName="image"><Label value="Car"/></{out}>
+</View>"""
+SEQ_LEN = 6
+
+
+@pytest.fixture(scope="module")
+def ls(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("media")
+    with FakeLabelStudio() as server:
+        server.add(VIDEO_PATH, h264_bytes(tmp))
+        server.add("/data/upload/1/corrupt.mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x13" * 3000)
+        for i, frame in enumerate(clip_frames(SEQ_LEN)):
+            server.add(f"/data/upload/2/f{i}.png", png_bytes(frame))
+        server.add("/data/upload/3/image.png", png_bytes(clip_frames(1)[0]))
+        yield server
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, ls):
+    tmp = tmp_path_factory.mktemp("backend")
+    return Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt")), device="cpu",
+                    label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, media_cache_dir=str(tmp / "cache"),
+                    interactive_budget_s=60.0, predict_budget_s=60.0, log_level="WARNING")
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    app = create_app(settings)
+    yield app.test_client()
+    app.extensions["sam2_backend"].close()
+
+
+def _ok(response) -> dict:
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def _error(response, status: int, *words: str) -> str:
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    message = response.get_json()["error"]
+    for w in words:
+        assert w in message, message
+    return message
+
+
+def _still_serving(client):
+    assert _ok(client.get("/health"))["status"] == "UP"
+
+
+# ---------------------------------------------------------------- simple routes
+
+
+def test_health_versions_metrics_setup_webhook(client):
+    health = _ok(client.get("/health"))
+    assert health["status"] == "UP" and health["model_version"] == "backend_test"
+    assert _ok(client.get("/versions"))["versions"] == ["backend_test"]
+    assert _ok(client.post("/setup", json=captured("setup"))) == {"model_version": "backend_test"}
+    metrics = _ok(client.get("/metrics"))
+    assert {"sessions", "session_bytes", "media_cache_bytes", "counters"} <= set(metrics)
+    created = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "task": 1, "result": []},
+               "project": {"id": 1, "title": "SAM2 video test"}}
+    assert _ok(client.post("/webhook", json=created))["status"] == "ok"
+    assert _ok(client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}))["trained"] is False
+    _error(client.post("/webhook", json={"project": {}}), 400, '"action"')
+    bad_setup = dict(captured("setup"), schema="<View><Text name='t' value='$t'/></View>")
+    _error(client.post("/setup", json=bad_setup), 422, "Supported label configs")
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"{not json", ["not valid JSON"]),
+    (b"", ["empty request body"]),
+    (b"[1, 2]", ["must be a JSON object"]),
+    (b'{"label_config": "<View/>"}', ['missing field "tasks"']),
+    (b'{"tasks": "x"}', ['"tasks" must be list']),
+    (b'{"tasks": [{"id": 1}]}', ['"tasks[0].data"']),
+    (b'{"tasks": [{"id": 1, "data": {}}], "params": {"context": [1]}}', ['"params.context" must be dict']),
+    (b'{"tasks": [{"id": 1, "data": {}}], "project": "99.1"}', ['"label_config" is missing']),
+])
+def test_malformed_requests(client, body, words):
+    _error(client.post("/predict", data=body, content_type="application/json"), 400, *words)
+    _still_serving(client)
+
+
+def test_unknown_routes_and_methods(client):
+    _error(client.get("/nothing"), 404, "Not Found")
+    _error(client.get("/predict"), 405, "Method Not Allowed")
+
+
+# ---------------------------------------------------------------- video
+
+
+def _check_video_region(region: dict, user_item: dict) -> None:
+    value = region["value"]
+    assert region["id"] == "userbox1" and region["type"] == "videorectangle"
+    assert (region["from_name"], region["to_name"]) == ("box", "video")
+    assert value["framesCount"] == N_FRAMES and value["duration"] == pytest.approx(N_FRAMES / FPS)
+    assert value["labels"] == ["Car"]
+    frames = [k["frame"] for k in value["sequence"]]
+    assert frames == sorted(frames) and all(1 <= f <= N_FRAMES for f in frames)
+    user = [k for k in value["sequence"] if AUTO_KEY not in k]
+    assert len(user) == 1 and {k: user[0][k] for k in user_item if k != "enabled"} == \
+        {k: v for k, v in user_item.items() if k != "enabled"}  # the user's keyframe, as drawn
+    for k in value["sequence"]:
+        assert k["time"] == pytest.approx((k["frame"] - 1) / FPS)
+
+
+def test_interactive_video_on_captured_payload(client, ls):
+    body = captured("predict_interactive")
+    answer = _ok(client.post("/predict", json=body))
+    assert answer["model_version"] == "backend_test" and len(answer["results"]) == 1
+    [region] = answer["results"][0]["result"]
+    _check_video_region(region, body["params"]["context"]["result"][0]["value"]["sequence"][0])
+    # the same prompts again: the session is reused, nothing is downloaded or tracked again
+    downloads = _ok(client.get("/metrics"))["media_downloads"]
+    again = _ok(client.post("/predict", json=body))
+    assert again["results"] == answer["results"]
+    assert _ok(client.get("/metrics"))["media_downloads"] == downloads
+
+
+def test_batch_without_and_with_prompts(client, ls):
+    body = captured("predict_batch")  # Retrieve Predictions on a task without annotations
+    requests_before = len(ls.requests)
+    answer = _ok(client.post("/predict", json=body))
+    assert [r["result"] for r in answer["results"]] == [[]]
+    assert len(ls.requests) == requests_before  # no prompt: no download
+
+    region = captured("predict_interactive")["params"]["context"]["result"][0]
+    annotated = copy.deepcopy(body["tasks"][0])
+    annotated["annotations"] = [{"id": 7, "result": [region], "was_cancelled": False,
+                                 "created_at": "2026-11-26T19:32:54Z"}]
+    missing = copy.deepcopy(annotated)
+    missing["id"], missing["data"] = 2, {"video": "/data/upload/1/missing.mp4"}
+    body["tasks"] = [annotated, copy.deepcopy(body["tasks"][0]), missing]
+    answer = _ok(client.post("/predict", json=body))
+    assert len(answer["results"]) == 3  # one per task, in order
+    [video] = answer["results"][0]["result"]
+    _check_video_region(video, region["value"]["sequence"][0])
+    assert answer["results"][1]["result"] == [] and answer["results"][2]["result"] == []  # never a batch error
+
+
+@pytest.mark.parametrize("change, status, words", [
+    ({"frame": N_FRAMES + 5}, 422, ["frame must be in 1..20"]),
+    ({"x": 150.0}, 422, ["zero area inside the 64x48 frame"]),
+    ({"width": "wide"}, 422, ["must be numbers"]),
+])
+def test_bad_video_prompts(client, change, status, words):
+    body = captured("predict_interactive")
+    body["params"]["context"]["result"][0]["value"]["sequence"][0].update(change)
+    _error(client.post("/predict", json=body), status, *words)
+    _still_serving(client)
+
+
+@pytest.mark.parametrize("video, status, words", [
+    ("/data/upload/1/missing.mp4", 422, ["not found", "404"]),
+    ("/data/upload/1/corrupt.mp4", 422, ["not decodable"]),
+    ("file:///etc/passwd", 422, ["unsupported media reference"]),
+])
+def test_bad_media(client, video, status, words):
+    body = captured("predict_interactive")
+    body["tasks"][0]["data"]["video"] = video
+    _error(client.post("/predict", json=body), status, *words)
+    _still_serving(client)
+
+
+def test_unsupported_label_config(client):
+    body = captured("predict_interactive")
+    body["label_config"] = '<View><Text name="t" value="$text"/><Choices name="c" toName="t"><Choice value="a"/></Choices></View>'
+    _error(client.post("/predict", json=body), 422, "unsupported label config", "Supported label configs")
+
+
+def test_unreachable_label_studio_and_budget(settings):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = Settings(**{**settings.__dict__, "label_studio_url": f"http://127.0.0.1:{port}",
+                       "download_timeout_s": 2.0, "media_cache_dir": settings.media_cache_dir + "-down"})
+    client = create_app(down, model=small_model()).test_client()
+    _error(client.post("/predict", json=captured("predict_interactive")), 502, "unreachable")
+    _still_serving(client)
+
+
+def test_interactive_budget_answers_the_prompted_frame(settings):
+    app = create_app(Settings(**{**settings.__dict__, "interactive_budget_s": 1e-6}), model=small_model())
+    body = captured("predict_interactive")
+    [region] = _ok(app.test_client().post("/predict", json=body))["results"][0]["result"]
+    _check_video_region(region, body["params"]["context"]["result"][0]["value"]["sequence"][0])
+    [entry] = app.extensions["sam2_backend"].store._entries.values()
+    assert len(entry.value.progress.covered()) == 0 and entry.value.frames() == [0]  # only the prompted frame
+
+
+def test_concurrent_requests(client):
+    body = captured("predict_interactive")
+    answers = []
+
+    def post():
+        answers.append(client.post("/predict", json=body))
+
+    threads = [threading.Thread(target=post) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a.status_code for a in answers] == [200] * 3
+    assert len({str(a.get_json()["results"]) for a in answers}) == 1
+
+
+# ---------------------------------------------------------------- image sequence and image
+
+
+def _mask(frame_hw=(H, W)) -> np.ndarray:
+    m = np.zeros(frame_hw, bool)
+    m[14:30, 20:41] = True
+    m[20, 5] = True  # a stray pixel: the round trip must keep it
+    return m
+
+
+def _sequence_body(context_result: list[dict]) -> dict:
+    task = {"id": 20, "data": {"frames": [f"/data/upload/2/f{i}.png" for i in range(SEQ_LEN)]},
+            "annotations": [], "drafts": [], "predictions": []}
+    return {"tasks": [task], "project": "2.1", "label_config": SEQ_XML,
+            "params": {"login": None, "password": None, "context": {"result": context_result}}}
+
+
+def test_image_sequence_mask_round_trip_and_keypoints(client):
+    mask = _mask()
+    brush = mask_to_brush(mask, region_id="userbrush", from_name="brush", to_name="frames", labels=["Car"], item_index=2)
+    brush["origin"] = "manual"
+    point = {"id": "kp1", "type": "keypointlabels", "from_name": "kp", "to_name": "frames", "item_index": 4,
+             "is_positive": True, "origin": "manual", "original_width": W, "original_height": H,
+             "value": {"x": 30.0, "y": 50.0, "width": 1.5, "keypointlabels": ["Car"]}}
+    answer = _ok(client.post("/predict", json=_sequence_body([brush, point])))
+    regions = answer["results"][0]["result"]
+    assert regions and all(r["type"] == "brushlabels" and r["value"]["format"] == "rle" for r in regions)
+    assert all(0 <= r["item_index"] < SEQ_LEN and r["value"]["brushlabels"] == ["Car"] for r in regions)
+    assert all(r["parentID"] in ("userbrush", "kp1") for r in regions)
+    [on_k] = [r for r in regions if r["item_index"] == 2 and r["parentID"] == "userbrush"]
+    np.testing.assert_array_equal(decode_brush(on_k, W, H), mask)  # frame k: exactly the mask given
+    ids = [r["id"] for r in regions]
+    assert len(ids) == len(set(ids))
+
+
+def test_image_sequence_bad_item_index(client):
+    point = {"id": "kp1", "type": "keypointlabels", "from_name": "kp", "to_name": "frames", "item_index": 9,
+             "value": {"x": 30.0, "y": 50.0, "width": 1.5, "keypointlabels": ["Car"]}}
+    _error(client.post("/predict", json=_sequence_body([point])), 422, "item_index 9 outside 0..5")
+
+
+@pytest.mark.parametrize("out, kind", [("BrushLabels", "brushlabels"), ("BitmaskLabels", "bitmasklabels")])
+def test_single_image(client, out, kind):
+    point = {"id": "kp1", "type": "keypointlabels", "from_name": "kp", "to_name": "image", "is_positive": True,
+             "value": {"x": 10.0, "y": 80.0, "width": 1.5, "keypointlabels": ["Car"]}}  # outside the mask
+    mask = _mask()
+    convert = mask_to_brush if kind == "brushlabels" else mask_to_bitmask
+    given = convert(mask, region_id="painted", from_name="mask", to_name="image", labels=["Car"])
+    task = {"id": 30, "data": {"image": "/data/upload/3/image.png"}, "annotations": [], "drafts": []}
+    body = {"tasks": [task], "label_config": IMAGE_XML.format(out=out), "project": "3.1",
+            "params": {"context": {"result": [point, given]}}}
+    regions = _ok(client.post("/predict", json=body))["results"][0]["result"]
+    assert {r["type"] for r in regions} == {kind} and "item_index" not in regions[0]
+    by_parent = {r["parentID"]: r for r in regions}
+    assert set(by_parent) <= {"kp1", "painted"} and "painted" in by_parent
+    decode = decode_brush if kind == "brushlabels" else decode_bitmask
+    np.testing.assert_array_equal(decode(by_parent["painted"], W, H), mask)
+    assert (by_parent["painted"]["original_width"], by_parent["painted"]["original_height"]) == (W, H)
+
+
+# ---------------------------------------------------------------- basic auth
+
+
+def test_basic_auth(settings):
+    secured = Settings(**{**settings.__dict__, "basic_auth_user": "ls", "basic_auth_pass": "s3cret"})
+    client = create_app(secured, model=small_model()).test_client()
+    assert client.get("/health").status_code == 200
+    response = client.get("/versions")
+    _error(response, 401, "authentication required")
+    assert response.headers["WWW-Authenticate"].startswith("Basic")
+    _error(client.post("/predict", json=captured("predict_batch"), auth=("ls", "wrong")), 401)
+    _error(client.get("/metrics", auth=("LS", "s3cret")), 401)
+    assert _ok(client.get("/versions", auth=("ls", "s3cret")))["versions"]
+    assert _ok(client.post("/predict", json=captured("predict_batch"), auth=("ls", "s3cret")))["results"]

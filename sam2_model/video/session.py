@@ -21,7 +21,9 @@ from ..prompts import check_boxes, check_points
 from ..sam2 import NO_OBJECT_LOGIT, SAM2, FrameFeatures, MaskPrediction
 from .feature_cache import FeatureCache
 from .frames import FrameSource, preprocess_frame
-from .memory_bank import FrameOutput, ObjectState, PointPrompt, prune_memories, select_memories, stack
+from .memory_bank import (
+    FrameOutput, MemorySelection, ObjectState, PointPrompt, prune_memories, select_memories, stack,
+)
 
 
 class SessionError(ValueError):
@@ -240,19 +242,22 @@ class VideoSession:
 
         return self.features.get_or_compute(frame, compute)
 
-    def _memory_conditioned(self, objs: list[ObjectState], frame: int, reverse: bool, feats: FrameFeatures) -> Tensor:
-        """B×D×h×w features of `frame` fused with each object's memories (objs share a memory signature)."""
+    def _select(self, obj: ObjectState, frame: int, reverse: bool) -> MemorySelection:
         cfg = self.model.config
-        packed = []
-        for obj in objs:
-            sel = select_memories(obj, frame, reverse, self.frame_count, cfg.num_maskmem,
-                                  cfg.max_obj_ptrs_in_encoder, cfg.use_signed_tpos_enc_to_obj_ptrs)
-            spatial = [(slot, out.memory, self._mem_pos) for slot, out in sel.spatial]
-            max_distance = min(self.frame_count, cfg.max_obj_ptrs_in_encoder) - 1
-            packed.append(self.model.assemble_memory(spatial, sel.pointers, max_distance))
+        return select_memories(obj, frame, reverse, self.frame_count, cfg.num_maskmem,
+                               cfg.max_obj_ptrs_in_encoder, cfg.use_signed_tpos_enc_to_obj_ptrs)
+
+    def _memory_conditioned(self, selections: list[MemorySelection], feats: FrameFeatures) -> Tensor:
+        """B×D×h×w features of a frame fused with each object's memories (selections of equal signature)."""
+        max_distance = min(self.frame_count, self.model.config.max_obj_ptrs_in_encoder) - 1
+        packed = [
+            self.model.assemble_memory([(slot, out.memory, self._mem_pos) for slot, out in sel.spatial],
+                                       sel.pointers, max_distance)
+            for sel in selections
+        ]
         memory = stack([m for m, _, _ in packed])
         memory_pos = stack([p for _, p, _ in packed])
-        return self.model.condition_on_memory(feats.expand(len(objs)), memory, memory_pos, packed[0][2])
+        return self.model.condition_on_memory(feats.expand(len(selections)), memory, memory_pos, packed[0][2])
 
     def _decode_prompted(self, obj: ObjectState, frame: int, prompt) -> FrameOutput:
         """Masks of one object on a prompted frame (memory not yet encoded)."""
@@ -264,7 +269,7 @@ class VideoSession:
             if first_visit:
                 pix = self.model.condition_on_memory(feats, None, None, 0)
             else:
-                pix = self._memory_conditioned([obj], frame, obj.reverse[frame], feats)
+                pix = self._memory_conditioned([self._select(obj, frame, obj.reverse[frame])], feats)
             prev = obj.output(frame)
             mask_input = prev.low_res.float().clamp(-32.0, 32.0) if prev is not None else None
             multimask = prompt.labels.shape[1] <= 1
@@ -288,23 +293,23 @@ class VideoSession:
 
     def _track_frame(self, frame: int, reverse: bool) -> None:
         """Track every object on `frame` from its memories (prompted frames keep their output)."""
-        cfg = self.model.config
         todo = [obj for obj in self.objects.values() if frame not in obj.cond]
         if todo:
             feats = self._features(frame)
-            groups: dict[tuple[int, int], list[ObjectState]] = {}
+            groups: dict[tuple[int, int], list[tuple[ObjectState, MemorySelection]]] = {}
             for obj in todo:
-                sel = select_memories(obj, frame, reverse, self.frame_count, cfg.num_maskmem,
-                                      cfg.max_obj_ptrs_in_encoder, cfg.use_signed_tpos_enc_to_obj_ptrs)
-                groups.setdefault(sel.signature, []).append(obj)
-            for objs in groups.values():
-                self._track_group(objs, frame, reverse, feats)
+                sel = self._select(obj, frame, reverse)
+                groups.setdefault(sel.signature, []).append((obj, sel))
+            for group in groups.values():
+                self._track_group(group, frame, feats)
         for obj in self.objects.values():
             obj.reverse[frame] = reverse
-            prune_memories(obj, frame, reverse, cfg.num_maskmem)
+            prune_memories(obj, frame, reverse, self.model.config.num_maskmem)
 
-    def _track_group(self, objs: list[ObjectState], frame: int, reverse: bool, feats: FrameFeatures) -> None:
-        pix = self._memory_conditioned(objs, frame, reverse, feats)
+    def _track_group(self, group: list[tuple[ObjectState, MemorySelection]], frame: int, feats: FrameFeatures) -> None:
+        """Memory attention, decoder and memory encoder in one batch for objects of equal memory signature."""
+        objs = [obj for obj, _ in group]
+        pix = self._memory_conditioned([sel for _, sel in group], feats)
         pred: MaskPrediction = self.model.predict_masks(pix, feats.high_res, None, None, None, multimask_output=True)
         memory, pos = self.model.encode_memory(feats.expand(len(objs)), pred.high_res, pred.object_score,
                                                from_clicks=False)

@@ -31,6 +31,7 @@ from sam2_model import SAM2, CheckpointError, ImagePredictor, load_model
 from sam2_model.video.predictor import VideoPredictor
 
 from .errors import BackendError, http_error
+from .events import EVENTS, EventHandler
 from .labelconfig import parse_label_config
 from .media import MediaFetcher
 from .predict import TaskPredictor
@@ -115,6 +116,7 @@ class SAM2Backend:
                                     self._credentials, http)
         self.predictor = TaskPredictor(self._video_predictor, self._image_predictor, self.fetcher, self.store,
                                        settings.max_propagation_frames, settings.box_tolerance_px, self.model_version)
+        self.events = EventHandler(self.predictor, settings.max_propagation_frames)
         self._setups: dict[str, dict] = {}  # project id -> latest /setup body
         self._video: VideoPredictor | None = None
         self._lock = threading.Lock()
@@ -181,14 +183,16 @@ class SAM2Backend:
         context: Mapping[str, Any] | None = None,
         started: float | None = None,
     ) -> dict:
-        """One prediction per task, in order. context None = batch (prompts from annotations/drafts)."""
+        """One prediction per task, in order. context None = batch (prompts from annotations/drafts); a context
+        with an "event" goes to the event protocol (events.py)."""
         started = self.clock() if started is None else started
-        if label_config is None:
-            with self._lock:
-                label_config = self._setups.get(str(project or "").split(".")[0], {}).get("schema")
-            if label_config is None:
-                raise BackendError('"label_config" is missing (and no /setup gave this project\'s config)')
-        config = parse_label_config(label_config)
+        event = (context or {}).get("event")
+        if event is not None:
+            self.count(f"event_{event}" if event in EVENTS else "event_unknown")
+            needs_config = event in EVENTS and event != "capabilities"
+            config = parse_label_config(self._label_config(label_config, project)) if needs_config else None
+            return self.events.handle(event, tasks, config, context)
+        config = parse_label_config(self._label_config(label_config, project))
         interactive = context is not None
         budget = self.settings.interactive_budget_s if interactive else self.settings.predict_budget_s
         deadline = started + budget
@@ -206,6 +210,15 @@ class SAM2Backend:
                 results.append(self._batch_task(task, config, regions, deadline))
         self.count("tasks", len(tasks))
         return {"results": results, "model_version": self.model_version}
+
+    def _label_config(self, label_config: str | None, project: str | None) -> str:
+        """The request's label config, else the one /setup gave for the project."""
+        if label_config is None:
+            with self._lock:
+                label_config = self._setups.get(str(project or "").split(".")[0], {}).get("schema")
+            if label_config is None:
+                raise BackendError('"label_config" is missing (and no /setup gave this project\'s config)')
+        return label_config
 
     def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float) -> dict:
         """A batch task's prediction; a task whose own data is unusable gets an empty one (logged)."""
@@ -241,4 +254,5 @@ class SAM2Backend:
                 "counters": counters}
 
     def close(self) -> None:
+        self.events.close()
         self.store.close()

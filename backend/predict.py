@@ -102,13 +102,20 @@ class TaskPredictor:
 
     # -- video --------------------------------------------------------------------------------------
 
+    @staticmethod
+    def video_key(task: Mapping[str, Any], config: LabelConfig) -> tuple:
+        """The session-store key of a video task's Tracker."""
+        return ("video", task.get("id"), config.media(task["data"]))
+
+    def video_session(self, task: Mapping[str, Any], config: LabelConfig):
+        """`store.use` context of the video task's Tracker: media fetched now (cached on disk), opened on first use."""
+        path = self.fetcher.fetch(config.media(task["data"]), task.get("id"), validate_video, "video")
+        return self.store.use(self.video_key(task, config), lambda: Tracker(self.video_predictor().open(path)),
+                              Tracker.nbytes)
+
     def _video(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
-        data = task["data"]
-        ref = config.media(data)
-        fps = config.fps(data)
-        path = self.fetcher.fetch(ref, task.get("id"), validate_video, "video")
-        key = ("video", task.get("id"), ref)
-        with self.store.use(key, lambda: Tracker(self.video_predictor().open(path)), Tracker.nbytes) as entry:
+        fps = config.fps(task["data"])
+        with self.video_session(task, config) as entry:
             tracker: Tracker = entry.value
             height, width = tracker.session.frame_size
             n = tracker.frame_count

@@ -1,6 +1,7 @@
 """HTTP routes of the Label Studio ML backend protocol (Label Studio 1.23.2 bodies).
 
-GET /health, POST /setup, POST /predict, POST /webhook, GET /metrics, GET /versions. Every error answer is
+GET /health, POST /setup, POST /predict (also the event protocol, see events.py), POST /webhook, GET /metrics,
+GET /versions. Every error answer is
 JSON `{"error": "..."}` saying what is wrong: 400 for malformed bodies and missing fields, 401 without valid
 basic auth, 404/405 for unknown routes or methods, 413/422 for tasks, configs, prompts or media that cannot
 be served, 502 for Label Studio or media hosts that fail, 503 while the model cannot be loaded.
@@ -52,9 +53,15 @@ def _field(body: dict, name: str, types: type | tuple[type, ...], required: bool
 
 
 def _predict_args(body: dict) -> dict:
-    """Validated arguments of SAM2Backend.predict from a /predict body."""
-    tasks = _field(body, "tasks", list)
-    if not tasks:
+    """Validated arguments of SAM2Backend.predict from a /predict body (an event "capabilities" needs no task)."""
+    params = _field(body, "params", dict, required=False) or {}
+    context = _field(params, "context", dict, required=False, where="params.")
+    event = None
+    if context is not None:
+        _field(context, "result", list, required=False, where="params.context.")
+        event = _field(context, "event", str, required=False, where="params.context.")
+    tasks = _field(body, "tasks", list, required=event != "capabilities") or []
+    if not tasks and event != "capabilities":
         raise BackendError('"tasks" is empty: at least one task is required')
     for i, task in enumerate(tasks):
         if not isinstance(task, dict):
@@ -62,10 +69,6 @@ def _predict_args(body: dict) -> dict:
         _field(task, "data", dict, where=f"tasks[{i}].")
         for key in ("annotations", "drafts"):
             _field(task, key, list, required=False, where=f"tasks[{i}].")
-    params = _field(body, "params", dict, required=False) or {}
-    context = _field(params, "context", dict, required=False, where="params.")
-    if context is not None:
-        _field(context, "result", list, required=False, where="params.context.")
     project = body.get("project")
     return {
         "tasks": tasks,

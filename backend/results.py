@@ -345,12 +345,17 @@ def mask_to_brush(
     )
 
 
-def mask_to_png_data_url(mask: np.ndarray) -> str:
-    """bool (H, W) mask -> PNG data URL, opaque black where the mask is set, transparent elsewhere."""
-    rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
-    rgba[..., 3] = np.asarray(mask, dtype=bool) * 255
+def mask_to_png_data_url(mask: np.ndarray, grayscale: bool = False) -> str:
+    """bool (H, W) mask -> PNG data URL, opaque black where the mask is set, transparent elsewhere
+    (bitmasklabels); grayscale=True: an 8-bit gray PNG, 255 where set, 0 elsewhere (the event protocol)."""
+    if grayscale:
+        image = Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, "L")
+    else:
+        rgba = np.zeros((*mask.shape, 4), dtype=np.uint8)
+        rgba[..., 3] = np.asarray(mask, dtype=bool) * 255
+        image = Image.fromarray(rgba, "RGBA")
     buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -6,7 +6,8 @@ forward S+16.., backward S-16.., and so on. A chunk of 16 frames or more gives e
 memories and object pointers it gets when the whole forward pass precedes the backward pass, so the result
 does not depend on where a request's time budget cut the work. The next request with the same prompts
 resumes where the last one stopped; changed prompts restart from S = the earliest changed prompt frame,
-so the frames around the user's latest edit are tracked first.
+so the frames around the user's latest edit are tracked first. A single direction can be asked for
+(`set_prompts(direction=...)`, the event protocol's tracks).
 """
 from __future__ import annotations
 
@@ -78,6 +79,7 @@ class Tracker:
         self.prompts: dict[tuple[str, int], tuple] = {}
         self.objects: list[ObjectPrompts] = []
         self.progress: Progress | None = None
+        self._request: tuple | None = None  # (max_frames, start, direction) of the current progress
 
     @property
     def frame_count(self) -> int:
@@ -92,15 +94,21 @@ class Tracker:
     def close(self) -> None:
         self.session.close()
 
-    def set_prompts(self, objects: Sequence[ObjectPrompts], max_frames: int, start: int | None = None) -> bool:
-        """Make the session hold exactly these prompts; False (nothing done) when they are unchanged.
+    def set_prompts(self, objects: Sequence[ObjectPrompts], max_frames: int, start: int | None = None,
+                    direction: str = "both") -> bool:
+        """Make the session hold exactly these prompts; False (nothing done, progress kept) when they and the
+        arguments are unchanged.
 
         start: the frame to propagate from; default the earliest prompt that differs from the previous
-        request's (all prompts count as changed the first time). Raises the session's PromptError or
-        FrameIndexError for bad prompts, leaving the tracker without prompts.
+        request's (all prompts count as changed the first time). direction: "both", "forward" or "backward"
+        from the start frame. Raises the session's PromptError or FrameIndexError for bad prompts, leaving the
+        tracker without prompts.
         """
+        if direction not in ("both", "forward", "backward"):
+            raise ValueError(f"direction must be 'both', 'forward' or 'backward', got {direction!r}")
         new = signature(objects)
-        if new == self.prompts and self.progress is not None:
+        request = (max_frames, start, direction)
+        if new == self.prompts and self.progress is not None and request == self._request:
             return False
         changed = [frame for k, frame in new if self.prompts.get((k, frame)) != new[(k, frame)]]
         removed = [frame for k, frame in self.prompts if (k, frame) not in new]
@@ -109,13 +117,16 @@ class Tracker:
         for obj in objects:
             for fp in obj.frames:
                 add_frame_prompt(self.session, obj.key, fp)
+        if not new:  # no prompts left: nothing to propagate
+            return True
         if start is None:
             start = min(changed or removed or [fp.frame for o in objects for fp in o.frames])
         if not any(fp.frame == start for o in objects for fp in o.frames):  # propagation starts on a prompt
             start = min((fp.frame for o in objects for fp in o.frames), key=lambda f: abs(f - start))
-        last = self.frame_count - 1
-        self.progress = Progress(start, start, min(last, start + max_frames), start, max(0, start - max_frames))
-        self.prompts, self.objects = new, list(objects)
+        fwd_end = min(self.frame_count - 1, start + max_frames) if direction != "backward" else start - 1
+        bwd_end = max(0, start - max_frames) if direction != "forward" else start + 1
+        self.progress = Progress(start, start, fwd_end, start, bwd_end)
+        self.prompts, self.objects, self._request = new, list(objects), request
         return True
 
     def run(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> bool:

@@ -127,6 +127,16 @@ class VideoSession:
             obj.pending[frame_idx] = output
             return self._result(frame_idx)
 
+    def embed(self, frame_idx: int) -> bool:
+        """Compute and cache `frame_idx`'s image features ahead of prompts; False when already cached."""
+        with self._lock, torch.inference_mode(), self._autocast():
+            self._check_open()
+            self._check_frame(frame_idx)
+            if frame_idx in self.features:
+                return False
+            self._features(frame_idx)
+            return True
+
     def clear_prompts(self, frame_idx: int, obj_id: Hashable) -> FrameResult:
         """Remove `obj_id`'s prompts on `frame_idx`; its output there becomes an ordinary tracked one."""
         with self._lock:

@@ -44,4 +44,7 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]]; then
     echo "test.sh: dependencies installed in $((SECONDS - start)) s"
 fi
 
+# Chromium, Label Studio 1.23.2 (own venv) and the lint tools for the end-to-end tests; a no-op when present.
+bash scripts/e2e_setup.sh "$VENV/bin/python"
+
 exec "$VENV/bin/python" -m pytest "$@"

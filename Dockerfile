@@ -1,0 +1,52 @@
+# SAM 2 ML backend for Label Studio, on an NVIDIA GPU (falls back to the CPU when none is visible).
+#   docker build -t sam2-label-studio .
+#   docker run --gpus all -p 9090:9090 -v sam2-cache:/home/sam2/.cache \
+#     -e LABEL_STUDIO_URL=http://<label studio>:8080 -e LABEL_STUDIO_API_KEY=<token> sam2-label-studio
+# torch 2.13.0 from PyPI (requirements.txt) is built for CUDA 13.0 (it brings the cuda-toolkit 13.0.3 wheels),
+# hence CUDA 13.0's runtime image; the host needs an NVIDIA driver >= 580 and the NVIDIA Container Toolkit.
+ARG BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+# Ubuntu's python3 (3.12) is updated with the base image; its apt versions are not pinned on purpose.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /app
+COPY requirements.txt ./
+RUN python3 -m venv /opt/venv \
+    && pip install -r requirements.txt \
+    && python -c "import torch; assert torch.version.cuda, 'expected a CUDA build of torch'"
+
+COPY sam2_model/ sam2_model/
+COPY backend/ backend/
+COPY config/ config/
+
+# Non-root; the cache volume holds downloaded checkpoints and media (keep it across container restarts).
+RUN groupadd --gid 10001 sam2 \
+    && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin sam2 \
+    && mkdir -p /home/sam2/.cache \
+    && chown 10001:10001 /home/sam2/.cache
+USER 10001:10001
+ENV XDG_CACHE_HOME=/home/sam2/.cache \
+    MEDIA_CACHE_DIR=/home/sam2/.cache/sam2-backend-media \
+    PORT=9090 \
+    DEVICE=auto
+VOLUME ["/home/sam2/.cache"]
+EXPOSE 9090
+
+# start-period: the first /health may wait for the model to load on a cold GPU.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", \
+         "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ['PORT'], timeout=4)"]
+
+ENTRYPOINT ["gunicorn", "--config", "config/gunicorn.conf.py", "backend.wsgi:app"]

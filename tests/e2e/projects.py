@@ -1,0 +1,131 @@
+"""Test media, the README's label configs, and Label Studio projects built from them over the REST API."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from label_studio_sdk.converter.brush import mask2rle
+from label_studio_sdk.label_interface import LabelInterface
+from PIL import Image
+
+from sam2_model.train.synthetic import SyntheticClip, generate_clip
+from sam2_model.video.frames import write_h264
+from tests.e2e.label_studio import LabelStudioAPI
+
+VIDEO_CONFIG = (
+    '<View><Labels name="videoLabels" toName="video"><Label value="Car"/><Label value="Person"/></Labels>'
+    '<Video name="video" value="$video" framerate="25"/><VideoRectangle name="box" toName="video"/></View>'
+)
+SEQUENCE_CONFIG = """<View>
+  <Image name="frames" valueList="$frames"/>
+  <BrushLabels name="brush" toName="frames"><Label value="Car"/><Label value="Person"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="frames" smart="true">
+    <Label value="Car"/><Label value="Person"/>
+  </KeyPointLabels>
+  <RectangleLabels name="rect" toName="frames" smart="true">
+    <Label value="Car"/><Label value="Person"/>
+  </RectangleLabels>
+</View>"""
+
+FPS = 25.0  # = the framerate in VIDEO_CONFIG
+VIDEO_FRAMES = 30
+FRAME_SIZE = (240, 320)  # (height, width), even: the H.264 video has exactly this size
+SEQUENCE_LENGTH = 8
+
+
+@dataclass
+class E2EMedia:
+    """A synthetic clip with ground truth, as an H.264 file and as PNG frames (the first SEQUENCE_LENGTH)."""
+
+    clip: SyntheticClip
+    video: Path
+    frames: list[Path]
+
+
+def make_media(folder: Path, seed: int = 5) -> E2EMedia:
+    clip = generate_clip(seed, num_frames=VIDEO_FRAMES, size=FRAME_SIZE, num_objects=2, fps=FPS)
+    video = folder / "clip.mp4"
+    write_h264(video, clip.frames, FPS)
+    frames = []
+    for i in range(SEQUENCE_LENGTH):
+        path = folder / f"frame_{i:03d}.png"
+        Image.fromarray(clip.frames[i]).save(path)
+        frames.append(path)
+    return E2EMedia(clip, video, frames)
+
+
+@dataclass
+class Project:
+    id: int
+    label_config: str
+    tasks: list[dict]
+
+
+def create_video_project(api: LabelStudioAPI, media: E2EMedia, title: str = "SAM 2 video") -> Project:
+    """A video project with one task: the uploaded clip, data {"video": "/data/upload/<project>/<name>.mp4"}."""
+    project = api.create_project(title, VIDEO_CONFIG)["id"]
+    return Project(project, VIDEO_CONFIG, api.import_file(project, media.video))
+
+
+def create_sequence_project(api: LabelStudioAPI, media: E2EMedia, title: str = "SAM 2 frames") -> Project:
+    """An image-sequence project with one task {"frames": ["/data/upload/<project>/<uuid>-frame_000.png", ...]}:
+    the frames are uploaded without making tasks, then one task lists their URLs in frame order."""
+    project = api.create_project(title, SEQUENCE_CONFIG)["id"]
+    urls = api.upload_files(project, media.frames)
+    return Project(project, SEQUENCE_CONFIG, api.import_tasks(project, [{"frames": urls}]))
+
+
+@dataclass
+class Connected:
+    """Both projects, connected to one ML backend (the ML backend records' ids)."""
+
+    video: Project
+    sequence: Project
+    video_ml: int
+    sequence_ml: int
+
+
+def connect_projects(api: LabelStudioAPI, media: E2EMedia, backend_url: str, title: str) -> Connected:
+    """A video and an image-sequence project with one task each, both connected to `backend_url`."""
+    video = create_video_project(api, media, f"{title} video")
+    sequence = create_sequence_project(api, media, f"{title} frames")
+    video_ml = api.connect_ml_backend(video.id, backend_url, title=title)
+    sequence_ml = api.connect_ml_backend(sequence.id, backend_url, title=title)
+    assert video_ml["readable_state"] == sequence_ml["readable_state"] == "Connected", (video_ml, sequence_ml)
+    return Connected(video, sequence, video_ml["id"], sequence_ml["id"])
+
+
+# ---------------------------------------------------------------- what the editor sends
+
+
+def videorectangle_keyframe(frame: int, box_px: np.ndarray, *, region_id: str = "user-box",
+                            labels: tuple[str, ...] = ("Car",)) -> dict:
+    """A VideoRectangle drawn on 1-based `frame`, box (x1, y1, x2, y2) in pixels, as the editor sends it."""
+    h, w = FRAME_SIZE
+    x1, y1, x2, y2 = (float(v) for v in box_px)
+    return {
+        "id": region_id, "type": "videorectangle", "from_name": "box", "to_name": "video", "origin": "manual",
+        "value": {"framesCount": VIDEO_FRAMES, "duration": VIDEO_FRAMES / FPS, "labels": list(labels),
+                  "sequence": [{"frame": frame, "time": (frame - 1) / FPS, "enabled": True, "rotation": 0,
+                                "x": 100 * x1 / w, "y": 100 * y1 / h,
+                                "width": 100 * (x2 - x1 + 1) / w, "height": 100 * (y2 - y1 + 1) / h}]},
+    }
+
+
+def brush_on_frame(mask: np.ndarray, item_index: int, *, region_id: str = "user-mask",
+                   labels: tuple[str, ...] = ("Car",)) -> dict:
+    """A BrushLabels region painted on frame `item_index` of the sequence, as the editor sends it."""
+    return {
+        "id": region_id, "type": "brushlabels", "from_name": "brush", "to_name": "frames", "origin": "manual",
+        "item_index": item_index, "original_width": int(mask.shape[1]), "original_height": int(mask.shape[0]),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)],
+                  "brushlabels": list(labels)},
+    }
+
+
+def prediction_errors(label_config: str, prediction: dict) -> list[str]:
+    """label_studio_sdk's LabelInterface verdict on a stored or returned prediction ([] = valid)."""
+    return LabelInterface(label_config).validate_prediction(
+        {"result": prediction["result"], "score": prediction.get("score")}, return_errors=True) or []

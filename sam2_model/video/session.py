@@ -51,6 +51,21 @@ class FrameResult(NamedTuple):
     object_scores: np.ndarray
 
 
+def select_for(model: SAM2, obj: ObjectState, frame: int, reverse: bool, num_frames: int) -> MemorySelection:
+    """`select_memories` with the model's memory settings."""
+    cfg = model.config
+    return select_memories(obj, frame, reverse, num_frames, cfg.num_maskmem, cfg.max_obj_ptrs_in_encoder,
+                           cfg.use_signed_tpos_enc_to_obj_ptrs)
+
+
+def pack_memory(model: SAM2, sel: MemorySelection, num_frames: int, mem_pos: Tensor) -> tuple[Tensor, Tensor, int]:
+    """A memory selection as attention tokens: (memory B×M×Dm, memory_pos B×M×Dm, pointer tokens at the end).
+    mem_pos: 1×Dm×h×w position encoding of spatial memories, broadcast to the memories' batch."""
+    spatial = [(slot, out.memory, mem_pos.expand(out.memory.shape[0], -1, -1, -1)) for slot, out in sel.spatial]
+    max_distance = min(num_frames, model.config.max_obj_ptrs_in_encoder) - 1
+    return model.assemble_memory(spatial, sel.pointers, max_distance)
+
+
 class VideoSession:
     """Created by `VideoPredictor.open`. Thread-safe: every public call (and each propagated frame) holds the
     session's lock."""
@@ -253,18 +268,11 @@ class VideoSession:
         return self.features.get_or_compute(frame, compute)
 
     def _select(self, obj: ObjectState, frame: int, reverse: bool) -> MemorySelection:
-        cfg = self.model.config
-        return select_memories(obj, frame, reverse, self.frame_count, cfg.num_maskmem,
-                               cfg.max_obj_ptrs_in_encoder, cfg.use_signed_tpos_enc_to_obj_ptrs)
+        return select_for(self.model, obj, frame, reverse, self.frame_count)
 
     def _memory_conditioned(self, selections: list[MemorySelection], feats: FrameFeatures) -> Tensor:
         """B×D×h×w features of a frame fused with each object's memories (selections of equal signature)."""
-        max_distance = min(self.frame_count, self.model.config.max_obj_ptrs_in_encoder) - 1
-        packed = [
-            self.model.assemble_memory([(slot, out.memory, self._mem_pos) for slot, out in sel.spatial],
-                                       sel.pointers, max_distance)
-            for sel in selections
-        ]
+        packed = [pack_memory(self.model, sel, self.frame_count, self._mem_pos) for sel in selections]
         memory = stack([m for m, _, _ in packed])
         memory_pos = stack([p for _, p, _ in packed])
         return self.model.condition_on_memory(feats.expand(len(selections)), memory, memory_pos, packed[0][2])

@@ -1,0 +1,89 @@
+"""SAM 2's training objective for one decoder output: focal + dice on the best mask, L1 on IoU predictions,
+binary cross-entropy on object presence.
+
+For each object the decoder proposes M candidate masks (M = 3 with multimask output, else 1). As in SAM 2, only
+the candidate with the lowest mask loss (weighted focal + dice) is supervised on its mask, while the IoU head is
+supervised on every candidate against that candidate's actual IoU with the ground truth. Mask and IoU terms count
+only for objects present in the ground truth; the presence term counts for all. Terms are averaged over objects.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the four terms; SAM 2 trains with focal:dice:iou:class = 20:1:1:1."""
+
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    presence: float = 1.0
+
+
+def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Sigmoid focal loss (Lin et al. 2017) per mask: B×M×H×W logits, B×1×H×W (or B×M×H×W) {0,1} target -> B×M,
+    the mean over pixels."""
+    target = target.expand_as(logits)
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_true = prob * target + (1 - prob) * (1 - target)
+    loss = ce * (1 - p_true) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * target + (1 - alpha) * (1 - target))
+    return loss.flatten(2).mean(-1)
+
+
+def dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tensor:
+    """1 - soft Dice coefficient per mask: B×M×H×W logits, B×1×H×W target -> B×M."""
+    prob = torch.sigmoid(logits).flatten(2)
+    target = target.expand_as(logits).flatten(2)
+    inter = (prob * target).sum(-1)
+    return 1 - (2 * inter + smooth) / (prob.sum(-1) + target.sum(-1) + smooth)
+
+
+def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
+    """Actual IoU of each binarized candidate (logit > 0) with the target: B×M×H×W, B×1×H×W -> B×M
+    (1 where both are empty)."""
+    pred = (logits > 0).flatten(2)
+    gt = (target > 0.5).expand_as(logits).flatten(2)
+    inter = (pred & gt).sum(-1).float()
+    union = (pred | gt).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def mask_prediction_loss(
+    multimasks: Tensor,
+    ious: Tensor,
+    object_score: Tensor,
+    target: Tensor,
+    weights: LossWeights = LossWeights(),
+) -> dict[str, Tensor]:
+    """Loss of one decoder output for B objects.
+
+    multimasks: B×M×H×W candidate logits at the target's resolution; ious: B×M predicted IoUs;
+    object_score: B×1 presence logit; target: B×1×H×W {0,1} ground truth (an all-zero mask = absent object).
+    -> {"loss": weighted total, "focal", "dice", "iou", "presence": per-term means, "best": B candidate index}.
+    """
+    target = target.to(multimasks.dtype)
+    present = (target.flatten(1) > 0.5).any(dim=1).to(multimasks.dtype)  # B
+    focal = focal_loss(multimasks, target)
+    dice = dice_loss(multimasks, target)
+    best = (weights.focal * focal + weights.dice * dice).argmin(dim=1)  # B
+    rows = torch.arange(multimasks.shape[0], device=multimasks.device)
+    focal, dice = focal[rows, best], dice[rows, best]
+    iou_l1 = (ious.float() - mask_iou(multimasks.detach(), target)).abs().mean(dim=1)
+    presence = F.binary_cross_entropy_with_logits(object_score.float().reshape(-1), present, reduction="none")
+    terms = {
+        "focal": (focal * present).mean(),
+        "dice": (dice * present).mean(),
+        "iou": (iou_l1 * present).mean(),
+        "presence": presence.mean(),
+    }
+    total = (weights.focal * terms["focal"] + weights.dice * terms["dice"] + weights.iou * terms["iou"]
+             + weights.presence * terms["presence"])
+    return {"loss": total, **terms, "best": best}

@@ -1,0 +1,34 @@
+"""Named training recipes: "micro" (the offline demo model) and "test" (tiny, for the test suite)."""
+from __future__ import annotations
+
+from ..configs import custom_config
+from .data import DataConfig
+from .trainer import Recipe
+
+MICRO_CONFIG = custom_config(
+    "sam2.1_micro",
+    embed_dim=16,  # Hiera widths 16, 32, 64, 128; blocks per stage 1, 1, 2, 1
+    image_size=192,  # 12×12 stride-16 grid, 48×48 low-res masks
+    d_model=64,
+    memory_dim=16,
+    decoder_heads=4,
+    decoder_mlp_dim=256,
+    memory_attention_layers=2,
+    memory_attention_ff_dim=256,
+    dropout=0.0,  # an hour of training underfits: no dropout
+)
+"""The micro demo model: SAM 2.1's architecture at about a million parameters (≈4 MB checkpoint)."""
+
+TEST_CONFIG = custom_config(
+    "sam2.1_train_test", embed_dim=8, image_size=64, d_model=32, memory_dim=8, decoder_heads=2, decoder_mlp_dim=32,
+    memory_attention_layers=1, memory_attention_ff_dim=32, num_maskmem=3,
+)
+
+RECIPES: dict[str, Recipe] = {
+    "micro": Recipe(model=MICRO_CONFIG, lr=1e-3, warmup_steps=100),
+    "test": Recipe(
+        model=TEST_CONFIG,
+        data=DataConfig(num_frames=4, source_frames=12, side_range=(1.0, 1.25), max_objects=2),
+        lr=3e-3, warmup_steps=1, max_correction_frames=1, max_corrections=1,
+    ),
+}

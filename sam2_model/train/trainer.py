@@ -1,0 +1,224 @@
+"""The training loop: SAM 2's video objective on synthetic clips, time- or step-bounded, resumable.
+
+Every step is a pure function of (seed, step, model and optimizer state): the clip, the prompt plan, the clicks and
+the dropout masks are drawn from generators seeded by (seed, step). The resumable state file therefore holds the
+model, the optimizer, the step, the training time spent and the seed, and a resumed run takes exactly the steps
+the uninterrupted run would have taken. The state file is also a loadable model checkpoint (`load_model`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+import numpy as np
+import torch
+
+from ..checkpoint import save_checkpoint
+from ..configs import SAM2Config
+from ..sam2 import SAM2
+from .data import DataConfig, sample_batch, sample_frames
+from .losses import LossWeights
+from .unroll import ClipUnroll, sample_plan
+
+LOG_TERMS = ("loss", "focal", "dice", "iou", "presence")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that defines a training run besides its seed and length.
+
+    lr: peak AdamW learning rate, reached after `warmup_steps` and decayed by a cosine to lr · min_lr_ratio over
+    the run; weight_decay applies to weight matrices and kernels only; grad_clip: max global gradient norm.
+    Prompts: p_kinds (mask, box, click) for the first frame, p_second_init for a second prompted frame,
+    up to max_correction_frames corrected frames and max_corrections clicks per correction round.
+    p_image: chance that a step is an image step instead (data.num_frames single frames prompted by a box or
+    a click, with corrections: SAM 2 also trains on images), which teaches prompted segmentation cheaply.
+    """
+
+    model: SAM2Config
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_clips: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    p_kinds: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    p_second_init: float = 0.2
+    max_correction_frames: int = 2
+    max_corrections: int = 3
+    p_image: float = 0.0
+    loss: LossWeights = field(default_factory=LossWeights)
+    freeze_image_encoder: bool = False
+
+    def replace(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+
+def atomic_save(payload: dict, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename over `path` (never a partial file)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Trainer:
+    """Owns the model (in training mode), the optimizer and the step counter."""
+
+    def __init__(self, recipe: Recipe, seed: int = 0, device: str | torch.device = "cpu"):
+        self.recipe, self.seed, self.device = recipe, seed, torch.device(device)
+        torch.manual_seed(seed)
+        self.model = SAM2(recipe.model).to(self.device).train()
+        if recipe.freeze_image_encoder:
+            self.model.image_encoder.requires_grad_(False)
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=recipe.lr,
+        )
+        self.step = 0
+        self.elapsed = 0.0  # training seconds spent, over all resumed runs
+
+    # ------------------------------------------------------------------ one step
+    def lr_at(self, progress: float) -> float:
+        """Linear warmup over the first steps, then cosine decay with progress ∈ [0, 1] of the run."""
+        r = self.recipe
+        if self.step < r.warmup_steps:
+            return r.lr * (self.step + 1) / r.warmup_steps
+        cosine = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+        return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * cosine)
+
+    def train_step(self, progress: float = 0.0) -> dict[str, float | str]:
+        """Sample a clip and a prompt plan for this step, unroll, back-propagate, update. -> logged numbers."""
+        r = self.recipe
+        rng = np.random.default_rng([self.seed, self.step])
+        torch.manual_seed(int(rng.integers(1 << 62)))  # dropout
+        if rng.random() < r.p_image:
+            batch = sample_frames(rng, r.model.image_size, r.data, r.data.num_frames * r.batch_clips)
+            plan = sample_plan(rng, 1, p_kinds=(0.0, *r.p_kinds[1:]), max_corrections=r.max_corrections)
+        else:
+            batch = sample_batch(rng, r.model.image_size, r.data, r.batch_clips)
+            min_pixels = r.data.min_area * r.model.image_size**2
+            visible = (batch.masks.flatten(2).sum(-1) >= min_pixels).all(dim=1).numpy()
+            plan = sample_plan(rng, batch.masks.shape[0], p_kinds=r.p_kinds, p_second_init=r.p_second_init,
+                               max_correction_frames=r.max_correction_frames, max_corrections=r.max_corrections,
+                               visible_frames=visible)
+        batch = batch.to(self.device)
+        result = ClipUnroll(self.model, batch, plan, rng, r.loss).run()
+        lr = self.lr_at(progress)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        outputs = result.terms.pop("outputs")
+        stats: dict[str, float | str] = {k: result.terms[k] / outputs for k in LOG_TERMS}
+        stats.update(step=self.step, lr=lr, grad_norm=float(grad_norm))
+        if batch.masks.shape[0] == 1:  # image step: IoU of the prompted masks
+            stats.update(prompt="image", image_iou=float(result.per_frame_iou.mean()))
+        else:  # IoU of the masks on frames 1..T-1
+            stats.update(prompt=plan.kind, track_iou=float(result.per_frame_iou[1:].mean()))
+        return stats
+
+    # ------------------------------------------------------------------ state
+    def save(self, path: str) -> None:
+        """Write the resumable state atomically (also a valid model checkpoint)."""
+        atomic_save({
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "config": dataclasses.asdict(self.model.config),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "seed": self.seed,
+            "recipe": dataclasses.asdict(self.recipe),
+        }, path)
+
+    @classmethod
+    def load(cls, path: str, recipe: Recipe, device: str | torch.device = "cpu") -> "Trainer":
+        """Resume from a state file written by `save`; `recipe` must be the one it was trained with."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("recipe") != dataclasses.asdict(recipe):
+            raise ValueError(f"{path} was trained with a different recipe: {state.get('recipe')}")
+        trainer = cls(recipe, seed=state["seed"], device=device)
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.step, trainer.elapsed = state["step"], state["elapsed"]
+        return trainer
+
+    # ------------------------------------------------------------------ loop
+    def fit(
+        self,
+        out: str,
+        *,
+        minutes: float | None = None,
+        steps: int | None = None,
+        state_path: str | None = None,
+        log_path: str | None = None,
+        log_every: int = 10,
+        checkpoint_minutes: float = 5.0,
+        progress: bool = True,
+    ) -> None:
+        """Train until `steps` steps or `minutes` of training time (counted over resumed runs), whichever comes
+        first. The learning-rate schedule follows steps when given, else training time. Every
+        `checkpoint_minutes` and at the end: the state goes to `state_path` and the model (config included) to
+        `out`. Every `log_every` steps the averaged numbers are appended to `log_path` as a JSON line."""
+        if minutes is None and steps is None:
+            raise ValueError("give minutes, steps, or both")
+        budget = minutes * 60 if minutes is not None else math.inf
+        for path in (out, state_path, log_path):
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=self.step, disable=not progress, unit="step", dynamic_ncols=True)
+        started, spent_before = time.monotonic(), self.elapsed
+        last_checkpoint = started
+        window: list[dict] = []
+        while (steps is None or self.step < steps) and self.elapsed < budget:
+            frac = self.step / steps if steps is not None else self.elapsed / budget
+            stats = self.train_step(frac)
+            self.elapsed = spent_before + time.monotonic() - started
+            window.append(stats)
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", min=f"{self.elapsed / 60:.1f}")
+            if len(window) >= log_every:
+                self._log(log_path, window)
+                window = []
+            if time.monotonic() - last_checkpoint >= checkpoint_minutes * 60:
+                self._checkpoint(out, state_path)
+                last_checkpoint = time.monotonic()
+        if window:
+            self._log(log_path, window)
+        self._checkpoint(out, state_path)
+        bar.close()
+
+    def _checkpoint(self, out: str, state_path: str | None) -> None:
+        if state_path:
+            self.save(state_path)
+        save_checkpoint(self.model, out)
+
+    def _log(self, path: str | None, window: list[dict]) -> None:
+        if not path:
+            return
+        numbers = sorted({k for w in window for k, v in w.items() if isinstance(v, float) and k != "lr"})
+        line = {"step": self.step, "minutes": round(self.elapsed / 60, 3), "lr": window[-1]["lr"]}
+        line.update({k: round(float(np.mean([w[k] for w in window if k in w])), 5) for k in numbers})
+        kinds = [w["prompt"] for w in window]
+        line["prompts"] = {k: kinds.count(k) for k in sorted(set(kinds))}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")

@@ -4,6 +4,7 @@ The reference is built on the CPU with random weights, either from its own yaml 
 (`build_reference("sam2.1_hiera_tiny")`) or from one of our configs, small ones included, through hydra
 overrides (`build_reference_custom(custom_config(...))`). `randomize_` then gives every parameter a
 deterministic, non-degenerate value so that a strict state-dict copy into our model exercises all of it.
+`ReferenceImagePredictor` runs the reference's image-predictor steps (for parity tests and bench/).
 """
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sam2_model.configs import SAM2Config, get_config
+from sam2_model.image_predictor import preprocess_image
 
 _SIZE_LETTERS = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
 
@@ -225,6 +229,46 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
             mean, std = _init_stats(module_, name, p)
             p.normal_(mean, std, generator=generator)
     return module
+
+
+class ReferenceImagePredictor:
+    """The reference SAM2ImagePredictor's steps, on the reference model's own methods (its module imports
+    torchvision, which the CPU test environment lacks). Input preprocessing is shared with ours."""
+
+    def __init__(self, ref, image: np.ndarray):
+        self.ref = ref
+        self.orig_hw = image.shape[:2]
+        x = preprocess_image(image, ref.image_size)
+        backbone_out = ref.forward_image(x)
+        _, feats, _, sizes = ref._prepare_backbone_features(backbone_out)
+        feats[-1] = feats[-1] + ref.no_mem_embed
+        maps = [f.permute(1, 2, 0).view(1, -1, *s) for f, s in zip(feats, sizes)]
+        self.embed, self.high_res = maps[-1], maps[:-1]
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
+        h, w = self.orig_hw
+        # the reference's transform_coords: normalise by the image size, then scale to the model input
+        to_input = lambda xy: xy / torch.tensor([w, h]) * self.ref.image_size  # noqa: E731
+        points = None
+        if point_coords is not None:
+            points = (to_input(torch.as_tensor(point_coords, dtype=torch.float))[None],
+                      torch.as_tensor(point_labels, dtype=torch.int)[None])
+        if box is not None:
+            box_coords = to_input(torch.as_tensor(box, dtype=torch.float).reshape(-1, 2, 2))
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int).repeat(box_coords.shape[0], 1)
+            if points is not None:
+                points = (torch.cat([box_coords, points[0]], 1), torch.cat([box_labels, points[1]], 1))
+            else:
+                points = (box_coords, box_labels)
+        masks = None if mask_input is None else torch.as_tensor(mask_input, dtype=torch.float)[None]
+        sparse, dense = self.ref.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+        low_res, iou, _, _ = self.ref.sam_mask_decoder(
+            image_embeddings=self.embed, image_pe=self.ref.sam_prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
+            repeat_image=points is not None and points[0].shape[0] > 1, high_res_features=self.high_res)
+        full = F.interpolate(low_res, self.orig_hw, mode="bilinear", align_corners=False)
+        # like the reference: drop the batch dimension only for a single prompt
+        return full.squeeze(0).numpy(), iou.squeeze(0).numpy(), low_res.clamp(-32, 32).squeeze(0).numpy()
 
 
 def save_official_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> str:

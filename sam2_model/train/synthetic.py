@@ -483,8 +483,9 @@ def generate_long_video(
 ) -> np.ndarray:
     """Stream a synthetic video to an H.264 file at `path` (frames are never all in memory).
 
-    size: (height, width); crf, preset: libx264 quality and speed ("ultrafast" for quick benchmark videos). Returns the ground truth as T×K×4 float boxes (x1, y1, x2, y2, inclusive pixels) of the
-    visible masks, NaN where an object is absent; `generate_clip` with the same arguments renders the same frames.
+    size: (height, width); crf, preset: libx264 quality and speed ("ultrafast" for quick benchmark videos).
+    Returns the ground truth as T×K×4 float boxes (x1, y1, x2, y2, inclusive pixels) of the visible masks, NaN
+    where an object is absent; `generate_clip` with the same arguments renders the same frames.
     """
     boxes = np.full((num_frames, num_objects, 4), np.nan)
 

@@ -34,8 +34,12 @@ def save_checkpoint(model: SAM2, path: str | os.PathLike, *, include_config: boo
     payload: dict = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if include_config if include_config is not None else model.config.name not in CONFIGS:
         payload["config"] = dataclasses.asdict(model.config)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    atomic_save(payload, path)
+
+
+def atomic_save(payload: dict, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename over `path` (never a partial file)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
     try:
         torch.save(payload, tmp)

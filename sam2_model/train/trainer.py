@@ -11,13 +11,13 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import atomic_save, save_checkpoint
 from ..configs import SAM2Config
 from ..sam2 import SAM2
 from .data import DataConfig, sample_batch, sample_frames
@@ -57,18 +57,6 @@ class Recipe:
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
-
-
-def atomic_save(payload: dict, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path` (never a partial file)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class Trainer:

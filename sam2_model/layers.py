@@ -115,7 +115,7 @@ class PositionEmbeddingSine(nn.Module):
         self.half = num_pos_feats // 2
         self.temperature = temperature
         self.scale = scale
-        self._cache: dict[tuple[int, int], Tensor] = {}
+        self._cache: dict[tuple[int, int, torch.device], Tensor] = {}
 
     def _encode(self, h: int, w: int, device: torch.device) -> Tensor:
         eps = 1e-6

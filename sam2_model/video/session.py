@@ -9,6 +9,8 @@ need tracking on a frame go through memory attention, decoder and memory encoder
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import threading
 from typing import Hashable, Iterator, NamedTuple
 
@@ -49,6 +51,28 @@ class FrameResult(NamedTuple):
     obj_ids: list
     masks: np.ndarray
     object_scores: np.ndarray
+
+
+TRIM_EVERY = 64
+"""Propagated frames between two returns of freed heap memory to the OS (see `release_freed_memory`)."""
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Give freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere). Long propagations
+    interleave large temporaries with small long-lived results, and glibc would otherwise keep the freed gaps:
+    measured, RSS grew about 8× faster than the stored results without it."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def select_for(model: SAM2, obj: ObjectState, frame: int, reverse: bool, num_frames: int) -> MemorySelection:
@@ -207,12 +231,16 @@ class VideoSession:
         return self._run_passes(passes)
 
     def _run_passes(self, passes) -> Iterator[FrameResult]:
+        done = 0
         for frames, reverse in passes:
             for frame in frames:
                 with self._lock, torch.inference_mode(), self._autocast():
                     self._check_open()
                     self._track_frame(frame, reverse)
                     result = self._result(frame)
+                done += 1
+                if done % TRIM_EVERY == 0:
+                    release_freed_memory()
                 yield result
 
     # ------------------------------------------------------------------ results

@@ -89,17 +89,19 @@ def test_memory_attention_matches_reference_16(tiny, frames, ptrs):
 
 @torch.no_grad()
 def test_memory_attention_bf16_autocast(tiny):
-    """Ours and the reference under the same bfloat16 autocast: both rotate q/k in float32 and cast
-    back to bfloat16, with the same table, so they agree far below bf16 noise (bit-exact on CPU)."""
+    """Under bfloat16 autocast ours runs its own CPU kernels (blocked attention, values projected after
+    attending), so it is not bit-equal to the reference's bf16 run; it must be as accurate: its error against
+    the float32 result stays within the reference's own bf16 error (1.5× margin for rounding luck)."""
     ref, _, attn = tiny
     inputs = _attention_inputs(2, 16, 3, 4, 64, 256, seed=7)
+    exact = _reference_attention(ref.memory_attention, *inputs, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        expected = _reference_attention(ref.memory_attention, *inputs, 4)
+        ref_bf16 = _reference_attention(ref.memory_attention, *inputs, 4)
         out = attn(*inputs, num_obj_ptr_tokens=4)
-    assert out.dtype == expected.dtype
-    assert (out.float() - expected.float()).abs().max() <= 1e-3
-    # sanity: bf16 stays close to the float32 result
-    assert (out.float() - attn(*inputs, num_obj_ptr_tokens=4)).abs().max() < 0.5
+    ours_err, ref_err = (out.float() - exact).abs(), (ref_bf16.float() - exact).abs()
+    assert ref_err.max() > 0  # bf16 really ran
+    assert ours_err.max() <= 1.5 * ref_err.max()
+    assert ours_err.mean() <= 1.5 * ref_err.mean()
 
 
 def test_custom_small_config_matches_reference():

@@ -142,16 +142,25 @@ def test_refinement_on_a_seen_frame_costs_only_the_decoder(session, monkeypatch)
 
 
 def test_objects_are_batched(session, monkeypatch):
+    """Decoder and memory encoder take all objects in one pass; on the CPU memory attention runs one object at
+    a time (its kernels are faster so), each with its own memories."""
     for obj in range(3):
         session.add_prompt(0, obj, box=[10 + 5 * obj, 20, 40 + 5 * obj, 50])
-    calls = []
-    attention = session.model.memory_attention
-    forward = type(attention).forward
-    monkeypatch.setattr(attention, "forward",
-                        lambda curr, *a, **k: calls.append(curr.shape[0]) or forward(attention, curr, *a, **k))
+    calls: dict[str, list[int]] = {"attention": [], "decoder": [], "memory": []}
+    model = session.model
+
+    def spy(owner, name, key, batched_arg):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, **k: calls[key].append(len(a[batched_arg])) or original(*a, **k))
+
+    spy(model.memory_attention, "forward", "attention", 0)  # curr
+    spy(model, "predict_masks", "decoder", 0)  # memory-conditioned features
+    spy(model, "encode_memory", "memory", 1)  # high-res masks
     results = list(session.propagate(max_frames=4))
     assert [r.masks.shape[0] for r in results] == [3] * 5
-    assert calls == [3, 3, 3, 3]  # one batched pass per tracked frame for all three objects
+    assert calls["decoder"] == [3, 3, 3, 3]  # one batched pass per tracked frame
+    assert calls["memory"] == [1, 1, 1, 3, 3, 3, 3]  # the prompted frame of each object, then batched
+    assert calls["attention"] == [1] * 12
 
 
 def test_state_stays_bounded_on_long_videos(model):

@@ -299,7 +299,12 @@ class VideoSession:
         return select_for(self.model, obj, frame, reverse, self.frame_count)
 
     def _memory_conditioned(self, selections: list[MemorySelection], feats: FrameFeatures) -> Tensor:
-        """B×D×h×w features of a frame fused with each object's memories (selections of equal signature)."""
+        """B×D×h×w features of a frame fused with each object's memories (selections of equal signature).
+
+        On the CPU objects go through memory attention one at a time: its kernels run a batch of 3 about 11%
+        slower than 3 single runs (the decoder and memory encoder stay batched)."""
+        if len(selections) > 1 and feats.embedding.device.type == "cpu":
+            return torch.cat([self._memory_conditioned([sel], feats) for sel in selections])
         packed = [pack_memory(self.model, sel, self.frame_count, self._mem_pos) for sel in selections]
         memory = stack([m for m, _, _ in packed])
         memory_pos = stack([p for _, p, _ in packed])

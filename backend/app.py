@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, model: SAM2 | None = None,
     backend = SAM2Backend(settings, model=model, http=http)
     app = Flask("sam2_backend")
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb << 20  # larger bodies: 413 JSON
     app.extensions["sam2_backend"] = backend
     protocol.register(app, backend)
     return app

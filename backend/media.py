@@ -7,6 +7,16 @@ References a task's data may hold:
   `/tasks/<task id>/presign/?fileuri=<urlsafe base64 of the URI>` (a redirect to the storage, or the bytes);
 - plain http(s) URLs -> fetched as they are; the token is added only when the URL is on Label Studio's host.
 Redirects are followed by hand so that the token never leaves Label Studio's host.
+`/data/local-files/?d=...` is always fetched through Label Studio (which applies its
+LOCAL_FILES_DOCUMENT_ROOT checks); the backend never reads task paths from its own disk.
+
+SSRF guard (netguard.py): unless `allow_private_hosts`, every connection, on every redirect hop, must go to a
+public address, to Label Studio's host, or to a host in `allowed_hosts`; the name is resolved once and the
+connection goes to the checked address.
+
+Media are cached by reference: bytes that change behind an unchanged URL are not seen while the cached file
+lives (Label Studio's upload paths are unique per file; use a new URL for new content). A video session
+opened on the cached file keeps using it.
 
 Tokens: a legacy API token is sent as `Authorization: Token <key>`. A personal access token (a JWT refresh
 token) is exchanged through POST /api/token/refresh/ for a short-lived access token, sent as
@@ -37,6 +47,8 @@ import requests
 from PIL import Image, ImageOps
 
 from sam2_model.video.frames import open_frames
+
+from .netguard import HostNotAllowed, HostPolicy, guard
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +147,21 @@ def validate_video(path: Path) -> None:
     open_frames(path).close()
 
 
+def video_validator(max_frames: int, max_pixels: int) -> Callable[[Path], None]:
+    """validate_video, and MediaError 413 for more than `max_frames` frames or `max_pixels` pixels a frame."""
+
+    def validate(path: Path) -> None:
+        with open_frames(path) as frames:
+            (h, w), n = frames.frame_size, frames.frame_count
+        if n > max_frames:
+            raise MediaError(f"video has {n} frames, more than MAX_VIDEO_FRAMES ({max_frames})", 413)
+        if h * w > max_pixels:
+            raise MediaError(f"video frames are {w}x{h} = {h * w} pixels, more than MAX_VIDEO_PIXELS "
+                             f"({max_pixels})", 413)
+
+    return validate
+
+
 def load_image(path: Path) -> np.ndarray:
     """H×W×3 uint8 RGB, oriented as browsers show it (EXIF orientation applied). Raises ValueError."""
     try:
@@ -155,7 +182,8 @@ class MediaFetcher:
     """Resolve and download task media into `cache_dir` (LRU by file mtime, at most `cache_bytes`).
 
     credentials: returns (Label Studio URL or None, API key or None) at each call, so that values
-    learned from /setup can stand in for unset settings.
+    learned from /setup can stand in for unset settings. allow_private_hosts / allowed_hosts: the SSRF guard
+    (Label Studio's host is always allowed); video_limits: (max frames, max pixels a frame) of `validate_video`.
     """
 
     def __init__(
@@ -166,13 +194,18 @@ class MediaFetcher:
         timeout: float,
         credentials: Callable[[], tuple[str | None, str | None]],
         http: requests.Session | None = None,
+        allow_private_hosts: bool = True,
+        allowed_hosts: frozenset[str] = frozenset(),
+        video_limits: tuple[int, int] | None = None,
     ):
         self.cache_dir = Path(cache_dir)
         self.cache_bytes = cache_bytes
         self.max_download_bytes = max_download_bytes
         self.timeout = timeout
         self.credentials = credentials
-        self.http = http or requests.Session()
+        self.http = guard(http or requests.Session(),
+                          HostPolicy(allow_private_hosts, frozenset(allowed_hosts), self._trusted_hosts))
+        self.validate_video = video_validator(*video_limits) if video_limits else validate_video
         self._clients: dict[tuple[str, str | None], LabelStudioClient] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
@@ -216,6 +249,10 @@ class MediaFetcher:
         return sum(p.stat().st_size for p in self._cached_files())
 
     # -- resolution ---------------------------------------------------------------------------------
+
+    def _trusted_hosts(self) -> tuple[str, ...]:
+        url = self.credentials()[0]
+        return (urlparse(url).hostname or "",) if url else ()
 
     def _client(self) -> LabelStudioClient | None:
         url, key = self.credentials()
@@ -266,6 +303,8 @@ class MediaFetcher:
                 r.close()
                 r = self.http.get(url, headers=client.headers(renew=True), stream=True, allow_redirects=False,
                                   timeout=self.timeout)
+        except HostNotAllowed as exc:
+            raise MediaError(str(exc), 422) from None
         except requests.RequestException as exc:
             where = f"Label Studio at {client.url}" if own else f"media host {urlparse(url).netloc}"
             raise MediaError(f"{where} is unreachable ({type(exc).__name__}: {exc})", 502) from exc

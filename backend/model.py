@@ -16,6 +16,7 @@ Retrieve Predictions complete long videos.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,20 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def check_checkpoint(path: str) -> None:
+    """Fail fast at start: CheckpointError unless `path` is a readable checkpoint holding a "model" dict.
+    Memory-maps the file (tensors are not read), so it costs milliseconds; the full load comes on first use."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"SAM2_CHECKPOINT={path!r} does not exist or is not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # truncated zip, random bytes, a non-weights pickle, ...
+        raise CheckpointError(f"SAM2_CHECKPOINT={path!r} is not a readable PyTorch checkpoint (truncated, corrupt "
+                              f"or not a weights file): {type(exc).__name__}: {str(exc).splitlines()[:1]}") from exc
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
+        raise CheckpointError(f"SAM2_CHECKPOINT={path!r} holds no 'model' state dict")
 
 
 class LazyModel:
@@ -110,10 +125,12 @@ class SAM2Backend:
         self.settings = settings
         self.clock = clock
         self.model = LazyModel(settings, model)
-        self.store = SessionStore(settings.session_ttl_s, settings.session_budget_mb << 20, clock)
+        self.store = SessionStore(settings.session_ttl_s, int(settings.session_budget_mb * 2**20), clock)
         self.fetcher = MediaFetcher(settings.media_cache_dir, settings.media_cache_mb << 20,
                                     settings.max_download_mb << 20, settings.download_timeout_s,
-                                    self._credentials, http)
+                                    self._credentials, http, settings.media_allow_private_hosts,
+                                    settings.allowed_media_hosts,
+                                    (settings.max_video_frames, settings.max_video_pixels))
         self.predictor = TaskPredictor(self._video_predictor, self._image_predictor, self.fetcher, self.store,
                                        settings.max_propagation_frames, settings.box_tolerance_px, self.model_version)
         self.events = EventHandler(self.predictor, settings.max_propagation_frames)

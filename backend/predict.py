@@ -23,7 +23,7 @@ from sam2_model import ImagePredictor
 from sam2_model.video.predictor import VideoPredictor
 
 from .labelconfig import LabelConfig
-from .media import MediaError, MediaFetcher, load_image, validate_image, validate_video
+from .media import MediaError, MediaFetcher, load_image, validate_image
 from .prompts import FramePrompt, PromptError, image_prompts, video_prompts
 from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
 from .sessions import SessionStore
@@ -109,7 +109,7 @@ class TaskPredictor:
 
     def video_session(self, task: Mapping[str, Any], config: LabelConfig):
         """`store.use` context of the video task's Tracker: media fetched now (cached on disk), opened on first use."""
-        path = self.fetcher.fetch(config.media(task["data"]), task.get("id"), validate_video, "video")
+        path = self.fetcher.fetch(config.media(task["data"]), task.get("id"), self.fetcher.validate_video, "video")
         return self.store.use(self.video_key(task, config), lambda: Tracker(self.video_predictor().open(path)),
                               Tracker.nbytes)
 

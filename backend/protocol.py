@@ -1,10 +1,11 @@
 """HTTP routes of the Label Studio ML backend protocol (Label Studio 1.23.2 bodies).
 
 GET /health, POST /setup, POST /predict (also the event protocol, see events.py), POST /webhook, GET /metrics,
-GET /versions. Every error answer is
+GET /versions, GET /openapi.yaml (this API, described in openapi.yaml). Every error answer is
 JSON `{"error": "..."}` saying what is wrong: 400 for malformed bodies and missing fields, 401 without valid
 basic auth, 404/405 for unknown routes or methods, 413/422 for tasks, configs, prompts or media that cannot
-be served, 502 for Label Studio or media hosts that fail, 503 while the model cannot be loaded.
+be served (413 also for bodies over MAX_REQUEST_MB), 502 for Label Studio or media hosts that fail, 503 while
+the model cannot be loaded.
 When BASIC_AUTH_USER and BASIC_AUTH_PASS are set, every route but /health needs them (compared in
 constant time).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -24,6 +26,7 @@ from .model import SAM2Backend
 logger = logging.getLogger(__name__)
 
 OPEN_ROUTES = ("/health",)
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
 def _body() -> dict:
@@ -134,6 +137,10 @@ def register(app: Flask, backend: SAM2Backend) -> None:
     @app.get("/versions")
     def versions():
         return jsonify({"versions": [backend.model_version], "model_version": backend.model_version})
+
+    @app.get("/openapi.yaml")
+    def openapi():
+        return Response(OPENAPI.read_bytes(), mimetype="application/yaml")
 
     @app.errorhandler(HTTPException)
     def http_exception(exc: HTTPException):

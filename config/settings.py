@@ -2,7 +2,7 @@
 
 | variable | default | meaning |
 |---|---|---|
-| SAM2_CHECKPOINT | (unset) | checkpoint file; required for predictions (/health works without it) |
+| SAM2_CHECKPOINT | (unset) | checkpoint file; required for predictions (/health works without it); `scripts/serve.sh` and the Docker image set it (backend/weights.py fetches SAM2_MODEL when it is unset) |
 | SAM2_MODEL | (inferred) | config name, e.g. sam2.1_hiera_tiny; inferred from an official file name or the config stored in a custom checkpoint |
 | DEVICE | auto | cpu, cuda, cuda:N, or auto (cuda when available) |
 | SAM2_DTYPE | auto | float32, bfloat16 or float16 for video tracking; auto: bfloat16 on CUDA, float32 on CPU |
@@ -19,11 +19,16 @@
 | BOX_TOLERANCE_PX | 1.0 | max pixel error of Label Studio's interpolation between computed video keyframes |
 | FEATURE_CACHE_MB | 512 | cached frame features per video session (about 12 MiB per frame at 1024 px) |
 | SESSION_TTL_S | 1800 | idle seconds after which a video session is released |
-| SESSION_BUDGET_MB | 4096 | bytes all sessions of a worker may hold (features and masks); least recently used go first |
+| SESSION_BUDGET_MB | 4096 | MiB all sessions of a worker may hold (features and masks; fractions allowed); least recently used go first |
 | MEDIA_CACHE_DIR | <tmp>/sam2-backend-media | downloaded media |
 | MEDIA_CACHE_MB | 4096 | size of the media cache on disk; least recently used files go first |
 | MAX_DOWNLOAD_MB | 2048 | largest media file accepted |
 | DOWNLOAD_TIMEOUT_S | 30 | connect/read timeout of each media request |
+| MEDIA_ALLOW_PRIVATE_HOSTS | false | let http(s) media come from private, loopback, link-local and other non-public addresses (SSRF guard off); Label Studio's own host is always allowed |
+| MEDIA_ALLOWED_HOSTS | (unset) | comma list of `host` or `host:port` always allowed as media hosts, whatever their address |
+| MAX_REQUEST_MB | 64 | largest request body (413 above) |
+| MAX_VIDEO_FRAMES | 100000 | longest video accepted, in frames (413 above) |
+| MAX_VIDEO_PIXELS | 8294400 | largest video frame accepted, width x height (413 above; default 3840 x 2160) |
 """
 from __future__ import annotations
 
@@ -64,11 +69,16 @@ class Settings:
     box_tolerance_px: float = 1.0
     feature_cache_mb: int = 512
     session_ttl_s: float = 1800.0
-    session_budget_mb: int = 4096
+    session_budget_mb: float = 4096
     media_cache_dir: str = os.path.join(tempfile.gettempdir(), "sam2-backend-media")
     media_cache_mb: int = 4096
     max_download_mb: int = 2048
     download_timeout_s: float = 30.0
+    media_allow_private_hosts: bool = False
+    media_allowed_hosts: str | None = None
+    max_request_mb: int = 64
+    max_video_frames: int = 100000
+    max_video_pixels: int = 3840 * 2160
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,10 +103,13 @@ class Settings:
             ("BOX_TOLERANCE_PX", self.box_tolerance_px >= 0, "must be >= 0"),
             ("FEATURE_CACHE_MB", self.feature_cache_mb >= 1, "must be at least 1"),
             ("SESSION_TTL_S", self.session_ttl_s > 0, "must be > 0"),
-            ("SESSION_BUDGET_MB", self.session_budget_mb >= 1, "must be at least 1"),
+            ("SESSION_BUDGET_MB", self.session_budget_mb > 0, "must be > 0"),
             ("MEDIA_CACHE_MB", self.media_cache_mb >= 1, "must be at least 1"),
             ("MAX_DOWNLOAD_MB", self.max_download_mb >= 1, "must be at least 1"),
             ("DOWNLOAD_TIMEOUT_S", self.download_timeout_s > 0, "must be > 0"),
+            ("MAX_REQUEST_MB", self.max_request_mb >= 1, "must be at least 1"),
+            ("MAX_VIDEO_FRAMES", self.max_video_frames >= 1, "must be at least 1"),
+            ("MAX_VIDEO_PIXELS", self.max_video_pixels >= 1, "must be at least 1"),
             ("LOG_LEVEL", self.log_level in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
             ("SAM2_DTYPE", self.sam2_dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
             ("DEVICE", _valid_device(self.device), "must be auto, cpu, cuda, cuda:N or mps"),
@@ -112,6 +125,11 @@ class Settings:
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
 
     @property
+    def allowed_media_hosts(self) -> frozenset[str]:
+        """MEDIA_ALLOWED_HOSTS as lower-case `host` / `host:port` entries."""
+        return frozenset(h.strip().lower() for h in (self.media_allowed_hosts or "").split(",") if h.strip())
+
+    @property
     def basic_auth(self) -> tuple[str, str] | None:
         return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
 
@@ -124,7 +142,13 @@ def _valid_device(device: str) -> bool:
 
 
 def _parse(name: str, raw: str, type_: str) -> object:
-    """Convert `raw` to the field's annotated type ("int", "float", "str", "str | None")."""
+    """Convert `raw` to the field's annotated type ("int", "float", "bool", "str", "str | None")."""
+    if type_ == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
     try:
         if type_ == "int":
             return int(raw)

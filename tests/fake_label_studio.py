@@ -1,4 +1,4 @@
-"""A tiny stand-in for Label Studio's media endpoints, on 127.0.0.1 only (tests).
+"""A tiny stand-in for Label Studio's media endpoints, on a loopback address (127.0.0.1 unless given; tests).
 
 - GET /data/upload/<name>: the file registered under that path; needs `Authorization: Token <legacy>` or
   `Bearer <access>` (401 otherwise, 404 for unknown files);
@@ -32,7 +32,7 @@ class FakeLabelStudio:
 
     ACCESS_TTL = 300
 
-    def __init__(self, require_auth: bool = True):
+    def __init__(self, require_auth: bool = True, host: str = "127.0.0.1"):
         self.files: dict[str, bytes] = {}
         self.open_paths: set[str] = set()
         self.requests: list[tuple[str, str, str | None]] = []
@@ -96,8 +96,9 @@ class FakeLabelStudio:
                     return self._send(200, json.dumps({"access": access}).encode(), "application/json")
                 return self._send(404)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        assert host.startswith("127."), "tests talk to loopback addresses only"
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def add(self, path: str, data: bytes, open_access: bool = False) -> str:

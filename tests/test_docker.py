@@ -7,6 +7,7 @@ CUDA base, installing the CUDA torch, starting the containers, and the GPU reser
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -54,9 +55,13 @@ def test_dockerfile_promises():
     assert user.split(":")[0] not in ("root", "0")
     (healthcheck,) = _instructions("HEALTHCHECK")
     assert "/health" in healthcheck
-    assert _instructions("VOLUME") == ['["/home/sam2/.cache"]']
+    # The model cache is the volume, at the folder backend/weights.py fetches into.
+    (env,) = [e for e in _instructions("ENV") if "SAM2_CACHE_DIR=" in e]
+    assert "SAM2_CACHE_DIR=/home/sam2/.cache/sam2 " in env
+    assert _instructions("VOLUME") == ['["/home/sam2/.cache/sam2"]']
     (entrypoint,) = _instructions("ENTRYPOINT")
-    assert entrypoint == '["gunicorn", "--config", "config/gunicorn.conf.py", "backend.wsgi:app"]'
+    assert json.loads(entrypoint) == ["python", "-m", "backend.weights", "--exec",
+                                      "gunicorn", "--config", "config/gunicorn.conf.py", "backend.wsgi:app"]
     for copied in _instructions("COPY"):
         source = copied.split()[0]
         assert (ROOT / source).exists(), f"COPY {source}: no such path"
@@ -80,4 +85,6 @@ def test_compose_promises():
     (device,) = backend["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert backend["environment"]["LABEL_STUDIO_URL"] == "http://label-studio:8080"
-    assert any(v.endswith(":/home/sam2/.cache") for v in backend["volumes"])
+    assert any(v.endswith(":/home/sam2/.cache/sam2") for v in backend["volumes"])
+    for name in ("SAM2_CHECKPOINT", "SAM2_MODEL", "SAM2_CHECKPOINT_URL", "SAM2_CHECKPOINT_SHA256"):
+        assert name in backend["environment"], f"docker-compose.yml does not pass {name} on"

@@ -32,6 +32,8 @@ FPS = 25.0  # = the framerate in VIDEO_CONFIG
 VIDEO_FRAMES = 30
 FRAME_SIZE = (240, 320)  # (height, width), even: the H.264 video has exactly this size
 SEQUENCE_LENGTH = 8
+MIDDLE = VIDEO_FRAMES // 2  # 1-based frame of the user's VideoRectangle keyframe
+K = 3  # item_index of the user's brush mask in the sequence
 
 
 @dataclass
@@ -123,6 +125,32 @@ def brush_on_frame(mask: np.ndarray, item_index: int, *, region_id: str = "user-
         "value": {"format": "rle", "rle": [int(v) for v in mask2rle(mask.astype(np.uint8) * 255)],
                   "brushlabels": list(labels)},
     }
+
+
+def user_keyframe(media: E2EMedia) -> dict:
+    """The user's VideoRectangle keyframe on frame MIDDLE, around the clip's first object."""
+    return videorectangle_keyframe(MIDDLE, media.clip.boxes()[MIDDLE - 1, 0])
+
+
+def user_mask(media: E2EMedia) -> np.ndarray:
+    """The clip's first object on sequence frame K: the mask the user paints (bool (H, W))."""
+    return media.clip.masks[K, 0]
+
+
+def predict_from_saved_annotations(api: LabelStudioAPI, projects: Connected, media: E2EMedia) -> dict[str, tuple]:
+    """The user saves an annotation in each project (the keyframe; the brush mask on frame K), then runs
+    Retrieve Predictions, which tracks from it. {"video" | "sequence": (annotation, the stored prediction)}."""
+    saved = {}
+    cases = [("video", projects.video, user_keyframe(media)),
+             ("sequence", projects.sequence, brush_on_frame(user_mask(media), K))]
+    for name, project, prompt in cases:
+        (task,) = project.tasks
+        annotation = api.request("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [prompt]}).json()
+        processed = api.retrieve_predictions(project.id)["processed_items"]
+        (stored,) = api.predictions(task["id"])
+        assert processed == 1, f"Retrieve Predictions processed {processed} tasks of project {name}"
+        saved[name] = (annotation, stored)
+    return saved
 
 
 def prediction_errors(label_config: str, prediction: dict) -> list[str]:

@@ -1,9 +1,11 @@
-"""Browser check: headless Debian Chromium, driven by Playwright, shows the stored predictions in the editor.
+"""Browser check: headless Debian Chromium, driven by Playwright, shows our backend's predictions in the editor.
 
-Logs in to the test Label Studio as a person would, opens the video task and the image-sequence task, and
-compares what the editor loaded (its region list and its own store, `window.Htx`) with the predictions stored
-in Label Studio. Screenshots go to artifacts/e2e/. No browser is downloaded: Playwright drives
-/usr/bin/chromium (scripts/e2e_setup.sh installs it).
+The predictions come from the real backend (gunicorn, random-weight checkpoint: conftest's `backend_server`):
+the user's saved keyframe / brush mask is tracked by Retrieve Predictions. Then the test logs in to the test
+Label Studio as a person would, opens the video task and the image-sequence task, and compares what the
+editor loaded (its region list and its own store, `window.Htx`) with the predictions stored in Label Studio.
+Screenshots go to artifacts/e2e/. No browser is downloaded: Playwright drives /usr/bin/chromium
+(scripts/e2e_setup.sh installs it).
 """
 from __future__ import annotations
 
@@ -15,7 +17,16 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.e2e.label_studio import PASSWORD, USERNAME
-from tests.e2e.projects import FRAME_SIZE, SEQUENCE_LENGTH, VIDEO_FRAMES, Connected, connect_projects
+from tests.e2e.projects import (
+    FPS,
+    FRAME_SIZE,
+    K,
+    MIDDLE,
+    VIDEO_FRAMES,
+    Connected,
+    connect_projects,
+    predict_from_saved_annotations,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -47,11 +58,12 @@ def page(label_studio, tmp_path_factory) -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def predicted(label_studio, standin, e2e_media) -> Connected:
-    """This module's projects, with the stand-in backend's predictions retrieved."""
-    projects = connect_projects(label_studio.api, e2e_media, standin.url, "browser")
-    for project in (projects.video, projects.sequence):
-        label_studio.api.retrieve_predictions(project.id)
+def predicted(label_studio, backend_server, e2e_media) -> Connected:
+    """This module's projects with our backend's predictions: tracked by Retrieve Predictions from the user's
+    saved annotation, which is then deleted, so the editor opens each task prefilled from the prediction."""
+    projects = connect_projects(label_studio.api, e2e_media, backend_server, "browser")
+    for annotation, _ in predict_from_saved_annotations(label_studio.api, projects, e2e_media).values():
+        label_studio.api.request("DELETE", f"/api/annotations/{annotation['id']}", expect=(204,))
     return projects
 
 
@@ -82,26 +94,31 @@ def test_video_task_shows_the_predicted_track(page, label_studio, predicted, art
                            timeout=EDITOR_TIMEOUT_MS)
     width, height, duration = page.evaluate(
         "() => { const v = document.querySelector('video'); return [v.videoWidth, v.videoHeight, v.duration] }")
-    assert (height, width) == FRAME_SIZE and duration == pytest.approx(VIDEO_FRAMES / 25.0, abs=0.05)
+    assert (height, width) == FRAME_SIZE and duration == pytest.approx(VIDEO_FRAMES / FPS, abs=0.05)
     page.locator(".lsf-frames-control").wait_for(timeout=EDITOR_TIMEOUT_MS)  # the player replaced the spinner
     page.wait_for_timeout(500)
     _shot(page, artifacts, "video-frame-1")
 
     regions = _editor_regions(page)
     assert len(regions) == len(stored["result"]) == page.locator(".lsf-outliner-item").count()
-    (region,), (track,) = regions, stored["result"]
+    (region,), (track,) = regions, stored["result"]  # one object: the user's box
     assert region["type"] == "videorectangleregion" and region["origin"] == "prediction"
+    assert region["labels"] == ["Car"]
     assert region["keyframes"] == [k["frame"] for k in track["value"]["sequence"]]
+    assert len(region["keyframes"]) > 1, "the track does not leave the prompted frame"
 
-    middle = VIDEO_FRAMES // 2
+    # The prompted middle frame shows the backend's box there (keyframe values, as stored).
+    (keyframe,) = [k for k in track["value"]["sequence"] if k["frame"] == MIDDLE]
+    assert keyframe["enabled"]
     page.click(".lsf-frames-control")
-    page.fill(".lsf-frames-control input", str(middle))
+    page.fill(".lsf-frames-control input", str(MIDDLE))
     page.press(".lsf-frames-control input", "Enter")
-    page.wait_for_function(f"() => Htx.annotationStore.selected.regions[0].object.frame === {middle}")
-    shape = page.evaluate(f"() => Htx.annotationStore.selected.regions[0].getShape({middle})")
-    (keyframe,) = [k for k in track["value"]["sequence"] if k["frame"] == middle]
-    assert shape["x"] == pytest.approx(keyframe["x"]) and shape["width"] == pytest.approx(keyframe["width"])
-    _shot(page, artifacts, f"video-frame-{middle}")
+    page.wait_for_function(f"() => Htx.annotationStore.selected.regions[0].object.frame === {MIDDLE}")
+    shape = page.evaluate(f"() => Htx.annotationStore.selected.regions[0].getShape({MIDDLE})")
+    for key in ("x", "y", "width", "height"):
+        assert shape[key] == pytest.approx(keyframe[key]), key
+    page.wait_for_timeout(500)
+    _shot(page, artifacts, f"video-frame-{MIDDLE}")
     assert page.errors == []
 
 
@@ -113,16 +130,17 @@ def test_sequence_task_shows_a_mask_on_every_frame(page, label_studio, predicted
     _shot(page, artifacts, "sequence-frame-1")
 
     regions = _editor_regions(page)
-    assert page.locator(".lsf-outliner-item").count() == len(regions) == len(stored["result"]) == SEQUENCE_LENGTH
-    assert sorted(r["item_index"] for r in regions) == list(range(SEQUENCE_LENGTH))
+    assert page.locator(".lsf-outliner-item").count() == len(regions) == len(stored["result"])
+    assert sorted(r["item_index"] for r in regions) == sorted(r["item_index"] for r in stored["result"])
+    assert K in {r["item_index"] for r in regions}, "no mask on the frame the user painted"
     assert all(r["type"] == "brushregion" and r["origin"] == "prediction" and r["labels"] == ["Car"]
                for r in regions)
 
-    k = 3
-    for _ in range(k):
+    # Frame K (page K + 1) shows the user's own mask, returned unchanged by the backend.
+    for _ in range(K):
         page.click(".lsf-pagination__btn_arrow-right:not(.lsf-pagination__btn_arrow-right-double)")
     page.wait_for_function(f"() => document.querySelector('.lsf-pagination__page-indicator')"
-                           f".innerText.startsWith('{k + 1} ')")
+                           f".innerText.startsWith('{K + 1} ')")
     page.wait_for_timeout(500)  # the brush layer redraws after the page switch
-    _shot(page, artifacts, f"sequence-frame-{k + 1}")
+    _shot(page, artifacts, f"sequence-frame-{K + 1}")
     assert page.errors == []

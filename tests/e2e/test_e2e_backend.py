@@ -15,32 +15,25 @@ from label_studio_sdk.converter.brush import decode_rle
 from tests.e2e.projects import (
     FPS,
     FRAME_SIZE,
+    K,
+    MIDDLE,
     SEQUENCE_LENGTH,
     VIDEO_FRAMES,
     Connected,
     brush_on_frame,
     connect_projects,
+    predict_from_saved_annotations,
     prediction_errors,
-    videorectangle_keyframe,
+    user_keyframe,
+    user_mask,
 )
 
 pytestmark = pytest.mark.e2e
-
-MIDDLE = VIDEO_FRAMES // 2  # 1-based frame of the user's VideoRectangle keyframe
-K = 3  # item_index of the user's brush mask
 
 
 @pytest.fixture(scope="module")
 def sam2(label_studio, backend_server, e2e_media) -> Connected:
     return connect_projects(label_studio.api, e2e_media, backend_server, "SAM 2")
-
-
-def _keyframe(e2e_media) -> dict:
-    return videorectangle_keyframe(MIDDLE, e2e_media.clip.boxes()[MIDDLE - 1, 0])
-
-
-def _mask(e2e_media) -> np.ndarray:
-    return e2e_media.clip.masks[K, 0]
 
 
 def _decode(region: dict) -> np.ndarray:
@@ -72,7 +65,7 @@ def _check_sequence_result(result: list[dict], mask: np.ndarray) -> None:
 
 def test_interactive_video_keyframe_on_a_middle_frame(label_studio, sam2, e2e_media):
     (task,) = sam2.video.tasks
-    answer = label_studio.api.interactive_annotating(sam2.video_ml, task["id"], [_keyframe(e2e_media)])
+    answer = label_studio.api.interactive_annotating(sam2.video_ml, task["id"], [user_keyframe(e2e_media)])
     assert not prediction_errors(sam2.video.label_config, answer["data"])
     _check_video_result(answer["data"]["result"])
     keyframes = {k["frame"] for r in answer["data"]["result"] for k in r["value"]["sequence"]}
@@ -81,24 +74,18 @@ def test_interactive_video_keyframe_on_a_middle_frame(label_studio, sam2, e2e_me
 
 def test_interactive_brush_mask_on_frame_k(label_studio, sam2, e2e_media):
     (task,) = sam2.sequence.tasks
-    painted = brush_on_frame(_mask(e2e_media), K)
+    painted = brush_on_frame(user_mask(e2e_media), K)
     answer = label_studio.api.interactive_annotating(sam2.sequence_ml, task["id"], [painted])
     assert not prediction_errors(sam2.sequence.label_config, answer["data"])
-    _check_sequence_result(answer["data"]["result"], _mask(e2e_media))
+    _check_sequence_result(answer["data"]["result"], user_mask(e2e_media))
 
 
 def test_retrieve_predictions_from_saved_annotations(label_studio, sam2, e2e_media, artifacts):
     """The user saves an annotation (keyframe / brush mask); Retrieve Predictions tracks from it."""
     api = label_studio.api
-    cases = [("video", sam2.video, _keyframe(e2e_media)),
-             ("sequence", sam2.sequence, brush_on_frame(_mask(e2e_media), K))]
-    for name, project, prompt in cases:
-        (task,) = project.tasks
-        api.request("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [prompt]})
-        assert api.retrieve_predictions(project.id)["processed_items"] == 1
-        (stored,) = api.predictions(task["id"])
+    for name, (_, stored) in predict_from_saved_annotations(api, sam2, e2e_media).items():
         (artifacts / f"prediction-{name}.json").write_text(json.dumps(stored, indent=1))
-        assert not prediction_errors(project.label_config, stored)
+        assert not prediction_errors(getattr(sam2, name).label_config, stored)
         assert stored["result"], "an empty prediction was stored"
     _check_video_result(api.predictions(sam2.video.tasks[0]["id"])[0]["result"])
-    _check_sequence_result(api.predictions(sam2.sequence.tasks[0]["id"])[0]["result"], _mask(e2e_media))
+    _check_sequence_result(api.predictions(sam2.sequence.tasks[0]["id"])[0]["result"], user_mask(e2e_media))

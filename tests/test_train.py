@@ -1,6 +1,7 @@
 """Training: losses on hand-made cases, prompt simulation, gradient flow, learning, exact resume, the CLIs."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -119,6 +120,14 @@ def test_image_steps_are_single_frames():
     assert batch.clip_index.unique().tolist() == list(range(n)) and (batch.masks[0].flatten(1).sum(1) > 0).all()
     stats = Trainer(RECIPE.replace(p_image=1.0)).train_step()
     assert stats["prompt"] == "image" and 0.0 <= stats["image_iou"] <= 1.0
+
+
+def test_image_step_without_visible_objects_uses_frame_zero():
+    """Every drawn frame below min_area (objects gone or tiny): frame 0, where all objects show, stands in."""
+    data = dataclasses.replace(RECIPE.data, min_area=1.0)  # no frame qualifies
+    batch = sample_frames(np.random.default_rng(2), S, data, 4)
+    assert batch.images.shape[:2] == (1, 1) and batch.masks.shape[1] >= 1
+    assert batch.clip_index.tolist() == [0] * batch.masks.shape[1]
 
 
 def test_micro_config_is_small():

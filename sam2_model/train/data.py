@@ -96,7 +96,8 @@ def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) ->
 
 def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, num_images: int) -> ClipBatch:
     """Single-frame "clips" for image steps: `num_images` frames spread over one synthetic video, each with its
-    visible objects (T = 1, N ≤ num_images: frames without a visible object are dropped)."""
+    visible objects (T = 1, 1 ≤ N ≤ num_images: frames without a visible object are dropped; frame 0, where
+    every object shows, stands in when none is left)."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
     k = int(rng.integers(1, cfg.max_objects + 1))
@@ -112,6 +113,10 @@ def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, nu
         clip_index += [len(images)] * len(keep)
         images.append(preprocess_frame(clip.frames[t], image_size))
         masks.append(resize_masks(clip.masks[t][keep], image_size))
+    if not images:  # no drawn frame shows an object: frame 0 shows them all
+        clip_index = [0] * k
+        images.append(preprocess_frame(clip.frames[0], image_size))
+        masks.append(resize_masks(clip.masks[0], image_size))
     return ClipBatch(torch.stack(images)[None], torch.cat(masks)[None], torch.tensor(clip_index, dtype=torch.long))
 
 

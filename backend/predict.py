@@ -110,8 +110,11 @@ class TaskPredictor:
     def video_session(self, task: Mapping[str, Any], config: LabelConfig):
         """`store.use` context of the video task's Tracker: media fetched now (cached on disk), opened on first use."""
         path = self.fetcher.fetch(config.media(task["data"]), task.get("id"), self.fetcher.validate_video, "video")
-        return self.store.use(self.video_key(task, config), lambda: Tracker(self.video_predictor().open(path)),
-                              Tracker.nbytes)
+
+        def open_video() -> Tracker:
+            return Tracker(self.video_predictor().open(path), budget_bytes=self.store.budget_bytes)
+
+        return self.store.use(self.video_key(task, config), open_video, Tracker.nbytes)
 
     def _video(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
         fps = config.fps(task["data"])
@@ -160,7 +163,8 @@ class TaskPredictor:
                 if f.shape != frames[0].shape:
                     raise MediaError(f"image sequence frames must share one size: frame 0 is "
                                       f"{frames[0].shape[1]}x{frames[0].shape[0]}, frame {i} is {f.shape[1]}x{f.shape[0]}")
-            return Tracker(self.video_predictor().open(frames), extra_bytes=sum(f.nbytes for f in frames))
+            return Tracker(self.video_predictor().open(frames), extra_bytes=sum(f.nbytes for f in frames),
+                           budget_bytes=self.store.budget_bytes)
 
         key = ("sequence", task.get("id"), tuple(refs))
         with self.store.use(key, open_sequence, Tracker.nbytes) as entry:

@@ -20,6 +20,7 @@ import numpy as np
 
 from sam2_model.video.session import FrameResult, VideoSession
 
+from .errors import BackendError
 from .prompts import FramePrompt, ObjectPrompts
 
 CHUNK = 16  # >= the engine's 16 object pointers and 7 memories: chunking does not change results
@@ -70,12 +71,15 @@ class Progress:
 class Tracker:
     """Owns a VideoSession (numpy in, numpy out) and the propagation state of its prompts.
 
-    extra_bytes: memory held beside the session (e.g. the frames of an image sequence), for the store.
+    extra_bytes: memory held beside the session (e.g. the frames of an image sequence), for the store;
+    budget_bytes: the most the tracker may hold (the session store's budget): prompts whose propagation needs
+    more are refused up front (413) instead of being tracked and then thrown away.
     """
 
-    def __init__(self, session: VideoSession, extra_bytes: int = 0):
+    def __init__(self, session: VideoSession, extra_bytes: int = 0, budget_bytes: int | None = None):
         self.session = session
         self.extra_bytes = extra_bytes
+        self.budget_bytes = budget_bytes
         self.prompts: dict[tuple[str, int], tuple] = {}
         self.objects: list[ObjectPrompts] = []
         self.progress: Progress | None = None
@@ -86,10 +90,21 @@ class Tracker:
         return self.session.frame_count
 
     def nbytes(self) -> int:
-        grid = 4 * self.session.model.config.image_embedding_size
         tracked = len(self.progress.covered()) if self.progress else 0
-        results = tracked * len(self.objects) * grid * grid * 2  # float16 low-res logits per object-frame
-        return self.session.features.nbytes + results + self.extra_bytes
+        return self.session.features.nbytes + self._results_bytes(tracked, len(self.objects)) + self.extra_bytes
+
+    def _results_bytes(self, frames: int, objects: int) -> int:
+        grid = 4 * self.session.model.config.image_embedding_size
+        return frames * objects * grid * grid * 2  # float16 low-res logits per object-frame
+
+    def _check_budget(self, frames: int, objects: int) -> None:
+        """Raise BackendError 413 when tracking `frames` frames of `objects` objects cannot fit the budget."""
+        needed = self._results_bytes(frames, objects) + self.extra_bytes
+        if self.budget_bytes is not None and needed > self.budget_bytes:
+            raise BackendError(
+                f"tracking {objects} object(s) over {frames} frame(s) needs about {needed / 2**20:.1f} MB of session "
+                f"memory, more than SESSION_BUDGET_MB ({self.budget_bytes / 2**20:g} MB): raise SESSION_BUDGET_MB "
+                "or lower MAX_PROPAGATION_FRAMES", 413)
 
     def close(self) -> None:
         self.session.close()
@@ -102,7 +117,7 @@ class Tracker:
         start: the frame to propagate from; default the earliest prompt that differs from the previous
         request's (all prompts count as changed the first time). direction: "both", "forward" or "backward"
         from the start frame. Raises the session's PromptError or FrameIndexError for bad prompts, leaving the
-        tracker without prompts.
+        tracker without prompts, and BackendError 413 (nothing changed) when tracking them exceeds the budget.
         """
         if direction not in ("both", "forward", "backward"):
             raise ValueError(f"direction must be 'both', 'forward' or 'backward', got {direction!r}")
@@ -112,6 +127,14 @@ class Tracker:
             return False
         changed = [frame for k, frame in new if self.prompts.get((k, frame)) != new[(k, frame)]]
         removed = [frame for k, frame in self.prompts if (k, frame) not in new]
+        if new:
+            if start is None:
+                start = min(changed or removed or [fp.frame for o in objects for fp in o.frames])
+            if not any(fp.frame == start for o in objects for fp in o.frames):  # propagation starts on a prompt
+                start = min((fp.frame for o in objects for fp in o.frames), key=lambda f: abs(f - start))
+            fwd_end = min(self.frame_count - 1, start + max_frames) if direction != "backward" else start - 1
+            bwd_end = max(0, start - max_frames) if direction != "forward" else start + 1
+            self._check_budget(max(fwd_end, start) - min(bwd_end, start) + 1, len(objects))
         self.session.reset()
         self.prompts, self.objects, self.progress = {}, [], None
         for obj in objects:
@@ -119,12 +142,6 @@ class Tracker:
                 add_frame_prompt(self.session, obj.key, fp)
         if not new:  # no prompts left: nothing to propagate
             return True
-        if start is None:
-            start = min(changed or removed or [fp.frame for o in objects for fp in o.frames])
-        if not any(fp.frame == start for o in objects for fp in o.frames):  # propagation starts on a prompt
-            start = min((fp.frame for o in objects for fp in o.frames), key=lambda f: abs(f - start))
-        fwd_end = min(self.frame_count - 1, start + max_frames) if direction != "backward" else start - 1
-        bwd_end = max(0, start - max_frames) if direction != "forward" else start + 1
         self.progress = Progress(start, start, fwd_end, start, bwd_end)
         self.prompts, self.objects, self._request = new, list(objects), request
         return True

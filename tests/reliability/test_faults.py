@@ -109,14 +109,16 @@ def test_video_changed_behind_the_same_url(make_faulty_client, ls, tmp_path):
     _error(fresh.post("/predict", json=body), 422)
 
 
-def test_session_budget_below_one_session(make_faulty_client):
-    """A budget smaller than one task's session: the request is served whole, then the session is released."""
+def test_session_budget_too_small_for_the_request(make_faulty_client):
+    """A budget that cannot hold the request's results: a clear 413 before any tracking, nothing held, and
+    the service goes on serving."""
     client = make_faulty_client(session_budget_mb=0.001)
-    answer = _ok(client, 1, "propagate")
-    assert answer["results"][0]["result"]
-    metrics = client.get("/metrics").get_json()
-    assert metrics["sessions"] == 0 and metrics["sessions_evicted"] >= 1
-    assert _ok(client, 1, "propagate") == answer
+    body = request_body("propagate", 1)
+    _error(client.post("/predict", json=body), 413, "SESSION_BUDGET_MB", "MB of session memory")
+    assert client.get("/metrics").get_json()["session_bytes"] <= 0.001 * 2**20  # nothing tracked, nothing kept
+    _error(client.post("/predict", json=body), 413, "SESSION_BUDGET_MB")  # the same answer again
+    assert client.get("/health").status_code == 200
+    assert _ok(make_faulty_client(), 1, "propagate")["results"][0]["result"]  # a sized budget serves it
 
 
 # ---------------------------------------------------------------- gunicorn

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configs import HieraConfig, SAM2Config
-from .layers import MLP, PositionEmbeddingSine
+from .layers import MLP, PositionEmbeddingSine, attention
 
 
 def window_partition(x: Tensor, size: int) -> tuple[Tensor, tuple[int, int]]:
@@ -78,7 +78,7 @@ class PooledAttention(nn.Module):
         def heads(t: Tensor) -> Tensor:  # N×...×C -> N×heads×L×(C/heads)
             return t.reshape(n, -1, self.num_heads, t.shape[-1] // self.num_heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(q), heads(k), heads(v))
+        out = attention(heads(q), heads(k), heads(v))
         return self.proj(out.transpose(1, 2).reshape(n, h, w, -1))
 
 

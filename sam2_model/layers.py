@@ -66,7 +66,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor
     fused = q.device.type != "cpu" or dropout_p > 0 or (q.dtype == torch.float32 and v.shape[-1] == q.shape[-1])
     if fused:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    keys_t = (k * q.shape[-1] ** -0.5).transpose(-2, -1)  # B×h×d×Nk
+    keys_t = (k * q.shape[-1] ** -0.5).transpose(-2, -1).contiguous()  # B×h×d×Nk, laid out once for all blocks
     rows = max(1, QUERY_BLOCK_ELEMENTS // (q.shape[0] * q.shape[1] * k.shape[-2]))
     blocks = []
     for start in range(0, q.shape[-2], rows):

@@ -59,11 +59,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor
     """softmax(q·kᵀ/√d)·v. q: B×h×Nq×d, k: B×h×Nk×d, v: B×h×Nk×dv -> B×h×Nq×dv.
 
     PyTorch's fused kernel (scaled_dot_product_attention) runs on accelerators, with dropout, and on the CPU in
-    float32 when dv = d. Elsewhere on the CPU it is slower than plain matmuls: in bfloat16, and for dv ≠ d it
-    falls back to a kernel that holds the whole score matrix. There the scores are computed for blocks of
-    queries, with the softmax in float32 (measured 1.15–1.4× faster for memory-attention shapes on AVX-512).
+    float32/float64 when dv = d. Elsewhere on the CPU it is slower than plain matmuls: in bfloat16, and for
+    dv ≠ d it falls back to a kernel that holds the whole score matrix. There the scores are computed for blocks
+    of queries, with the softmax in float32 or better (measured 1.15–1.4× faster for memory-attention shapes
+    on AVX-512).
     """
-    fused = q.device.type != "cpu" or dropout_p > 0 or (q.dtype == torch.float32 and v.shape[-1] == q.shape[-1])
+    full_precision = q.dtype in (torch.float32, torch.float64)
+    fused = q.device.type != "cpu" or dropout_p > 0 or (full_precision and v.shape[-1] == q.shape[-1])
     if fused:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     keys_t = (k * q.shape[-1] ** -0.5).transpose(-2, -1).contiguous()  # B×h×d×Nk, laid out once for all blocks
@@ -71,7 +73,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor
     blocks = []
     for start in range(0, q.shape[-2], rows):
         scores = torch.matmul(q[..., start:start + rows, :], keys_t)
-        blocks.append(torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v))
+        probs = torch.softmax(scores if full_precision else scores.float(), dim=-1)
+        blocks.append(torch.matmul(probs.to(v.dtype), v))
     return torch.cat(blocks, dim=-2)
 
 

@@ -29,7 +29,7 @@ class DataConfig:
 
     num_frames: window length T; max_stride: frames are taken every 1..max_stride source frames;
     source_frames: length of the rendered video the window is cut from (≥ 12 for leave-and-return events);
-    side_range: video height and width, each drawn in [lo, hi] × image_size; min_objects..max_objects objects per
+    side_range: video height and width, each drawn in [lo, hi] × image_size; max_objects: 1..max_objects per
     video; p_occlusion / p_leave: chance of overlapping objects / an object leaving and re-entering;
     min_area: fraction of the frame an object must cover on the window's first frame to be tracked.
     """
@@ -38,7 +38,6 @@ class DataConfig:
     max_stride: int = 2
     source_frames: int = 24
     side_range: tuple[float, float] = (0.75, 1.75)
-    min_objects: int = 1
     max_objects: int = 3
     p_occlusion: float = 0.7
     p_leave: float = 0.5
@@ -74,7 +73,7 @@ def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) ->
     """One training clip: (images T×3×S×S, masks T×K×S×S) with K ≥ 1 objects visible on the first frame."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
-    k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    k = int(rng.integers(1, cfg.max_objects + 1))
     stride = int(rng.integers(1, cfg.max_stride + 1))
     span = (cfg.num_frames - 1) * stride + 1
     length = max(cfg.source_frames, span)
@@ -101,7 +100,7 @@ def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, nu
     every object shows, stands in when none is left)."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
-    k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    k = int(rng.integers(1, cfg.max_objects + 1))
     length = max(cfg.source_frames, num_images)
     clip = generate_clip(TRAIN_SEED_BASE + int(rng.integers(1 << 62)), length, (h, w), k,
                          occlusion=bool(rng.random() < cfg.p_occlusion),

@@ -25,9 +25,7 @@ TEST_CONFIG = custom_config(
 )
 
 RECIPES: dict[str, Recipe] = {
-    # Two or more objects in every training video: with one, segmenting every salient object costs nothing,
-    # and a first 60-minute run (1 to 3 objects) settled there, ignoring its memories.
-    "micro": Recipe(model=MICRO_CONFIG, data=DataConfig(min_objects=2), lr=2e-3, warmup_steps=100, p_image=0.1),
+    "micro": Recipe(model=MICRO_CONFIG, lr=1e-3, warmup_steps=100),
     "test": Recipe(
         model=TEST_CONFIG,
         data=DataConfig(num_frames=4, source_frames=12, side_range=(1.0, 1.25), max_objects=2),

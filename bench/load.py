@@ -16,8 +16,6 @@ import base64
 import contextlib
 import copy
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 from tests.backend_helpers import CAPTURED, h264_bytes, write_checkpoint  # noqa: E402
 from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio  # noqa: E402
+from tests.live_gunicorn import free_port, gunicorn_server  # noqa: E402
 
 EVENTS = ROOT / "tests" / "data" / "events"
 AUTH = ("annotator", "s3cret-pass")
@@ -47,12 +46,6 @@ def task_frames(task: int) -> int:
 
 def task_video(task: int) -> str:
     return f"/data/upload/{task}/clip-{task}.mp4"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:
@@ -113,7 +106,7 @@ def live_server(tmp: Path, ls_url: str, **env: str) -> Iterator[LiveServer]:
         write_checkpoint(checkpoint)
     port = free_port()
     closed = free_port()  # nothing listens: media that are not on loopback never leave the machine
-    full_env = dict(os.environ, SAM2_CHECKPOINT=str(checkpoint), DEVICE="cpu", LABEL_STUDIO_URL=ls_url,
+    full_env = dict(SAM2_CHECKPOINT=str(checkpoint), DEVICE="cpu", LABEL_STUDIO_URL=ls_url,
                     LABEL_STUDIO_API_KEY=LEGACY_TOKEN, BASIC_AUTH_USER=AUTH[0], BASIC_AUTH_PASS=AUTH[1],
                     MEDIA_CACHE_DIR=str(tmp / f"cache-{port}"), WORKERS="1", THREADS="4", LOG_LEVEL="INFO",
                     MAX_PROPAGATION_FRAMES="6", OMP_NUM_THREADS="1",
@@ -121,32 +114,8 @@ def live_server(tmp: Path, ls_url: str, **env: str) -> Iterator[LiveServer]:
                     NO_PROXY="127.0.0.1,localhost")
     full_env.update(env)
     log_path = tmp / f"gunicorn-{port}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.conf.py",
-                                 "--bind", f"127.0.0.1:{port}", "backend.wsgi:app"],
-                                cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    server = LiveServer(proc, f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if server.request("GET", "/health", auth=False, timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{server.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not answer /health:\n{server.log()[-3000:]}")
-            time.sleep(0.2)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with gunicorn_server(port, full_env, log_path) as proc:
+        yield LiveServer(proc, f"http://127.0.0.1:{port}", log_path)
 
 
 def request_body(kind: str, task: int) -> dict:

@@ -22,7 +22,7 @@ import requests
 
 from backend import weights
 from tests.backend_helpers import write_checkpoint
-from tests.e2e.label_studio import free_port
+from tests.live_gunicorn import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_PATH = "/facebook/sam2.1-hiera-tiny/resolve/main/sam2.1_hiera_tiny.pt"

@@ -5,24 +5,19 @@ first (`bash scripts/e2e_setup.sh`, which scripts/test.sh runs); deselect these 
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 import torch
 
 from sam2_model import build_model, custom_config, save_checkpoint
-from tests.e2e.label_studio import LabelStudioAPI, LabelStudioServer, free_port
+from tests.e2e.label_studio import LabelStudioAPI, LabelStudioServer
 from tests.e2e.projects import FPS, FRAME_SIZE, SEQUENCE_LENGTH, VIDEO_FRAMES, E2EMedia, make_media
 from tests.e2e.standin_backend import Media, ServerThread, StandInBackend
+from tests.live_gunicorn import free_port, gunicorn_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "e2e"
@@ -76,44 +71,12 @@ def backend_server(label_studio: LabelStudioHandle, tmp_path_factory: pytest.Tem
     save_checkpoint(build_model(E2E_MODEL), checkpoint)
     port = free_port()
     env = {
-        **os.environ,
         "SAM2_CHECKPOINT": str(checkpoint), "DEVICE": "cpu", "PORT": str(port), "WORKERS": "1", "THREADS": "4",
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "MEDIA_CACHE_DIR": str(folder / "media"), "LOG_LEVEL": "INFO",
     }
-    log_path = artifacts / "backend.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{port}", "backend.wsgi:app"],  # --bind: loopback only in tests
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process, log_path, timeout_s=60)
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(35)  # gunicorn's graceful_timeout is 30 s
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the backend exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return
-        except requests.RequestException:  # not up yet, or still booting
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"the backend did not answer /health in {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+    with gunicorn_server(port, env, artifacts / "backend.log", timeout_s=60):
+        yield f"http://127.0.0.1:{port}"
 
 
 @dataclass

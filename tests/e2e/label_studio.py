@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from tests.live_gunicorn import free_port
 
 VERSION = "1.23.2"
 CACHE = Path(os.environ.get("SAM2_E2E_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -41,13 +42,6 @@ SETUP_HINT = "install it with `bash scripts/e2e_setup.sh` (scripts/test.sh does 
 
 class LabelStudioError(RuntimeError):
     """Label Studio is not installed, did not start, or answered a request with an error."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_installed() -> None:

@@ -16,7 +16,6 @@ Retrieve Predictions complete long videos.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -49,20 +48,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def check_checkpoint(path: str) -> None:
-    """Fail fast at start: CheckpointError unless `path` is a readable checkpoint holding a "model" dict.
-    Memory-maps the file (tensors are not read), so it costs milliseconds; the full load comes on first use."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"SAM2_CHECKPOINT={path!r} does not exist or is not a file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # truncated zip, random bytes, a non-weights pickle, ...
-        raise CheckpointError(f"SAM2_CHECKPOINT={path!r} is not a readable PyTorch checkpoint (truncated, corrupt "
-                              f"or not a weights file): {type(exc).__name__}: {str(exc).splitlines()[:1]}") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
-        raise CheckpointError(f"SAM2_CHECKPOINT={path!r} holds no 'model' state dict")
 
 
 class LazyModel:

@@ -19,13 +19,13 @@ def _startup_settings() -> Settings:
     """The settings, with the checkpoint checked; exit 1 with a clear message when they cannot serve."""
     try:
         settings = Settings.from_env()
-        if settings.sam2_checkpoint:
-            from backend.model import check_checkpoint
+        if settings.sam2_checkpoint:  # memory-mapped: the weights are read on first use, in the worker
             from sam2_model import CheckpointError
+            from sam2_model.checkpoint import read_checkpoint
             try:
-                check_checkpoint(settings.sam2_checkpoint)
+                read_checkpoint(settings.sam2_checkpoint, mmap=True)
             except CheckpointError as exc:
-                raise SettingsError(str(exc)) from None
+                raise SettingsError(f"SAM2_CHECKPOINT={settings.sam2_checkpoint!r}: {exc}") from None
     except SettingsError as exc:
         print(f"sam2-backend: cannot start: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

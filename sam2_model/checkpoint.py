@@ -70,12 +70,15 @@ def load_model(
     return model.to(device).eval()
 
 
-def read_checkpoint(path: str) -> dict:
-    """The checkpoint's top-level dict, validated to hold a "model" state dict of tensors."""
+def read_checkpoint(path: str, mmap: bool = False) -> dict:
+    """The checkpoint's top-level dict, validated to hold a "model" state dict of tensors.
+
+    mmap: memory-map the file instead of reading it (tensors are not loaded): a check that costs milliseconds.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, random bytes, pickled code refused by weights_only, ...
         raise CheckpointError(
             f"checkpoint {path!r} is not a readable PyTorch checkpoint (truncated, corrupt, or not a "

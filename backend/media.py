@@ -30,6 +30,7 @@ backend lacks LABEL_STUDIO_URL.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -142,24 +143,16 @@ class LabelStudioClient:
 # ---------------------------------------------------------------- validation and decoding
 
 
-def validate_video(path: Path) -> None:
-    """Raise ValueError unless `path` is a video with at least one decodable frame."""
-    open_frames(path).close()
-
-
-def video_validator(max_frames: int, max_pixels: int) -> Callable[[Path], None]:
-    """validate_video, and MediaError 413 for more than `max_frames` frames or `max_pixels` pixels a frame."""
-
-    def validate(path: Path) -> None:
-        with open_frames(path) as frames:
-            (h, w), n = frames.frame_size, frames.frame_count
-        if n > max_frames:
-            raise MediaError(f"video has {n} frames, more than MAX_VIDEO_FRAMES ({max_frames})", 413)
-        if h * w > max_pixels:
-            raise MediaError(f"video frames are {w}x{h} = {h * w} pixels, more than MAX_VIDEO_PIXELS "
-                             f"({max_pixels})", 413)
-
-    return validate
+def validate_video(path: Path, max_frames: int | None = None, max_pixels: int | None = None) -> None:
+    """Raise ValueError unless `path` is a video with at least one decodable frame, and MediaError 413 when it
+    has more than `max_frames` frames or more than `max_pixels` pixels a frame (None: no limit)."""
+    with open_frames(path) as frames:
+        (h, w), n = frames.frame_size, frames.frame_count
+    if max_frames is not None and n > max_frames:
+        raise MediaError(f"video has {n} frames, more than MAX_VIDEO_FRAMES ({max_frames})", 413)
+    if max_pixels is not None and h * w > max_pixels:
+        raise MediaError(f"video frames are {w}x{h} = {h * w} pixels, more than MAX_VIDEO_PIXELS "
+                         f"({max_pixels})", 413)
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -183,7 +176,8 @@ class MediaFetcher:
 
     credentials: returns (Label Studio URL or None, API key or None) at each call, so that values
     learned from /setup can stand in for unset settings. allow_private_hosts / allowed_hosts: the SSRF guard
-    (Label Studio's host is always allowed); video_limits: (max frames, max pixels a frame) of `validate_video`.
+    (Label Studio's host is always allowed); video_limits: (max frames, max pixels a frame) that
+    `self.validate_video` enforces.
     """
 
     def __init__(
@@ -205,7 +199,9 @@ class MediaFetcher:
         self.credentials = credentials
         self.http = guard(http or requests.Session(),
                           HostPolicy(allow_private_hosts, frozenset(allowed_hosts), self._trusted_hosts))
-        self.validate_video = video_validator(*video_limits) if video_limits else validate_video
+        max_frames, max_pixels = video_limits or (None, None)
+        self.validate_video = functools.partial(validate_video, max_frames=max_frames,
+                                                max_pixels=max_pixels)
         self._clients: dict[tuple[str, str | None], LabelStudioClient] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()

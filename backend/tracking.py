@@ -63,6 +63,11 @@ class Progress:
     def done(self) -> bool:
         return self.fwd_next > self.fwd_end and self.bwd_next < self.bwd_end
 
+    @property
+    def span(self) -> int:
+        """Frames the whole propagation covers, the start frame included."""
+        return max(self.fwd_end, self.start) - min(self.bwd_end, self.start) + 1
+
     def covered(self) -> range:
         low = self.bwd_next + 1 if self.bwd_started else self.start
         return range(low, max(self.fwd_next, low))
@@ -134,7 +139,8 @@ class Tracker:
                 start = min((fp.frame for o in objects for fp in o.frames), key=lambda f: abs(f - start))
             fwd_end = min(self.frame_count - 1, start + max_frames) if direction != "backward" else start - 1
             bwd_end = max(0, start - max_frames) if direction != "forward" else start + 1
-            self._check_budget(max(fwd_end, start) - min(bwd_end, start) + 1, len(objects))
+            progress = Progress(start, start, fwd_end, start, bwd_end)
+            self._check_budget(progress.span, len(objects))
         self.session.reset()
         self.prompts, self.objects, self.progress = {}, [], None
         for obj in objects:
@@ -142,7 +148,7 @@ class Tracker:
                 add_frame_prompt(self.session, obj.key, fp)
         if not new:  # no prompts left: nothing to propagate
             return True
-        self.progress = Progress(start, start, fwd_end, start, bwd_end)
+        self.progress = progress
         self.prompts, self.objects, self._request = new, list(objects), request
         return True
 

@@ -27,15 +27,23 @@ def free_port() -> int:
 def gunicorn_server(port: int, env: Mapping[str, str], log_path: Path,
                     timeout_s: float = 90) -> Iterator[subprocess.Popen]:
     """`gunicorn --config config/gunicorn.conf.py --bind 127.0.0.1:<port> backend.wsgi:app` with `env` over
-    os.environ, its output in `log_path`; yields the process once GET /health answers 200 (RuntimeError with the
-    log's tail if it exits or stays silent for `timeout_s`). At exit: SIGTERM to its process group, SIGKILL
-    after gunicorn's 30 s graceful timeout."""
+    os.environ (see `serving`)."""
+    command = [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.conf.py",
+               "--bind", f"127.0.0.1:{port}", "backend.wsgi:app"]  # --bind: loopback only
+    with serving(command, port, {**os.environ, **env}, log_path, timeout_s) as process:
+        yield process
+
+
+@contextlib.contextmanager
+def serving(command: list[str], port: int, env: Mapping[str, str], log_path: Path,
+            timeout_s: float = 90) -> Iterator[subprocess.Popen]:
+    """Run `command` (the backend, listening on 127.0.0.1:<port>) from the repository root with exactly `env`,
+    its output in `log_path`; yield the process once GET /health answers 200 (RuntimeError with the log's tail
+    if it exits or stays silent for `timeout_s`). At exit: SIGTERM to its process group, SIGKILL after
+    gunicorn's 30 s graceful timeout."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "config/gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{port}", "backend.wsgi:app"],  # --bind: loopback only
-            cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        process = subprocess.Popen(command, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", process, log_path, timeout_s)
         yield process

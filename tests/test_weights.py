@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import requests
 
 from backend import weights
 from tests.backend_helpers import write_checkpoint
-from tests.live_gunicorn import free_port
+from tests.live_gunicorn import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_PATH = "/facebook/sam2.1-hiera-tiny/resolve/main/sam2.1_hiera_tiny.pt"
@@ -212,29 +209,8 @@ def test_readme_serve_command_starts_the_backend(server, tmp_path):
     env = {**_clean_environ(), **_env(server, tmp_path / "cache"), "SAM2_VENV": sys.prefix, "PORT": str(port),
            "DEVICE": "cpu", "MEDIA_CACHE_DIR": str(tmp_path / "media")}
     log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(["bash", "scripts/serve.sh"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, f"serve.sh exited with {process.returncode}:\n{log_path.read_text()}"
-            assert time.monotonic() < deadline, f"no /health in 180 s:\n{log_path.read_text()}"
-            try:
-                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with serving(["bash", "scripts/serve.sh"], port, env, log_path, timeout_s=180):
+        pass  # it served: /health answered 200; leaving stops it
     log = log_path.read_text()
     assert server.hits == {HF_PATH: 1} and (tmp_path / "cache" / "sam2.1_hiera_tiny.pt").is_file()
     assert "installing dependencies" not in log, "serve.sh reinstalled into the test venv"

@@ -18,7 +18,7 @@ from sam2_model.train.losses import LossWeights, dice_loss, focal_loss, mask_iou
 from sam2_model.train.prompts import center_error_click, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES
-from sam2_model.train.trainer import Trainer
+from sam2_model.train.trainer import Trainer, init_memory_path
 from sam2_model.train.unroll import ClipUnroll, PromptPlan, sample_plan
 from sam2_model.video.frames import preprocess_frame
 from sam2_model.video.predictor import VideoPredictor
@@ -164,6 +164,39 @@ def test_gradients_reach_every_trained_parameter(batch):
     assert frozen.model.sam_mask_decoder.conv_s0.weight.grad is not None
 
 
+def test_embedding_penalty_adds_the_mean_square_of_the_image_embedding(batch):
+    torch.manual_seed(0)
+    model = SAM2(RECIPE.model).train()
+    plain = ClipUnroll(model, batch, PromptPlan("box"), np.random.default_rng(0)).run()
+    penalised = ClipUnroll(model, batch, PromptPlan("box"), np.random.default_rng(0), LossWeights(embedding=0.5)).run()
+    square = model.encode_image(batch.images.flatten(0, 1)).embedding.pow(2).mean().item()
+    assert penalised.loss.item() == pytest.approx(plain.loss.item() + 0.5 * square, rel=1e-5)
+
+
+def test_memory_path_init_lets_the_mask_reach_the_next_frame():
+    """Two objects' memories of the same frame condition the same next frame. At default initialisation the
+    attention is nearly uniform and their masks average away; the local attention bias keeps them apart, and a
+    stronger mask path more so."""
+    clip = generate_clip(4, 2, (S, S), 2)
+    frames = torch.stack([preprocess_frame(f, S) for f in clip.frames])
+    logits = (resize_masks(clip.masks[0], S)[:, None] * 2 - 1) * 20  # 2×1×S×S
+
+    def spread(attention_bias: float, mask_gain: float) -> float:
+        torch.manual_seed(0)
+        model = SAM2(RECIPE.model).eval()
+        init_memory_path(model, attention_bias, mask_gain)
+        with torch.no_grad():
+            feats = model.encode_image(frames)
+            first, second = (feats.select(torch.full((2,), t, dtype=torch.long)) for t in (0, 1))
+            memory, pos = model.encode_memory(first, logits, torch.ones(2, 1), from_clicks=False)
+            packed = model.assemble_memory([(0, memory, pos)], [], 1)
+            out = model.condition_on_memory(second, *packed)
+        return ((out[0] - out[1]).norm() / out.norm()).item()
+
+    default, local, strong = spread(0.0, 1.0), spread(5.0, 1.0), spread(5.0, 10.0)
+    assert local > 3 * default and strong > 2 * local
+
+
 def test_unroll_tracks_like_the_video_session():
     """In eval mode the training unroll and VideoSession produce the same masks (the session keeps memories in
     bfloat16, hence the tolerance)."""
@@ -235,3 +268,11 @@ def test_cli_train_resume_and_evaluate(tmp_path):
     assert set(saved["modes"]) == set(evaluate.MODES) == set(report["modes"])
     for mode in saved["modes"].values():
         assert all(0.0 <= mode[k] <= 1.0 for k in ("J", "F", "JF", "presence"))
+
+
+def test_cli_passes_the_memory_path_options(tmp_path):
+    args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
+            "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01"]
+    recipe = train_cli.main(args).recipe
+    assert (recipe.memory_attention_bias, recipe.mask_memory_gain, recipe.loss.embedding) == (5.0, 10.0, 0.01)
+    assert recipe.replace(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss) == RECIPE

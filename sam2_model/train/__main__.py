@@ -9,6 +9,7 @@ state to --state (default: OUT with suffix .state.pt) and the loss log to --log 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--lr", type=float, help="peak learning rate (recipe default otherwise)")
     parser.add_argument("--p-image", type=float, help="share of image steps (recipe default otherwise)")
     parser.add_argument("--freeze-image-encoder", action="store_true")
+    parser.add_argument("--memory-attention-bias", type=float, help="init_memory_path's attention bias")
+    parser.add_argument("--mask-memory-gain", type=float, help="init_memory_path's mask gain")
+    parser.add_argument("--embedding-penalty", type=float, help="LossWeights.embedding")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -43,8 +47,11 @@ def main(argv: list[str] | None = None) -> Trainer:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = RECIPES[args.config]
-    changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image}
+    changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image,
+               "memory_attention_bias": args.memory_attention_bias, "mask_memory_gain": args.mask_memory_gain}
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
+    if args.embedding_penalty is not None:
+        recipe = recipe.replace(loss=dataclasses.replace(recipe.loss, embedding=args.embedding_penalty))
     if args.freeze_image_encoder:
         recipe = recipe.replace(freeze_image_encoder=True)
     stem = os.path.splitext(args.out)[0]

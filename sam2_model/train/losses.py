@@ -17,12 +17,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the four terms; SAM 2 trains with focal:dice:iou:class = 20:1:1:1."""
+    """Weights of the four terms; SAM 2 trains with focal:dice:iou:class = 20:1:1:1.
+
+    embedding: weight of the mean square of the stride-16 image embedding, once per step (not in SAM 2, which
+    starts from a pretrained encoder). Trained from scratch, the embedding grows without bound (RMS 0.5 at
+    initialisation, 90 after an hour) and drowns the mask that the memory encoder adds to it."""
 
     focal: float = 20.0
     dice: float = 1.0
     iou: float = 1.0
     presence: float = 1.0
+    embedding: float = 0.0
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:

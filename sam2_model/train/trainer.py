@@ -37,6 +37,8 @@ class Recipe:
     up to max_correction_frames corrected frames and max_corrections clicks per correction round.
     p_image: chance that a step is an image step instead (data.num_frames single frames prompted by a box or
     a click, with corrections: SAM 2 also trains on images), which teaches prompted segmentation cheaply.
+    memory_attention_bias, mask_memory_gain: initialisation of the memory path (`init_memory_path`); 0 and 1
+    leave the default initialisation. Experiments towards a micro model that uses its memory (README, "Training").
     """
 
     model: SAM2Config
@@ -54,9 +56,30 @@ class Recipe:
     p_image: float = 0.0
     loss: LossWeights = field(default_factory=LossWeights)
     freeze_image_encoder: bool = False
+    memory_attention_bias: float = 0.0
+    mask_memory_gain: float = 1.0
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
+
+
+def init_memory_path(model: SAM2, attention_bias: float = 0.0, mask_gain: float = 1.0) -> None:
+    """Initialise the memory path so that a prompted mask reaches the next frame's features.
+
+    attention_bias: query and key biases of memory cross-attention. Equal constant biases make the RoPE logits
+    peak where a memory token sits at the query's own position, so attention passes each position's mask on
+    instead of averaging it over the frame (at default initialisation it is nearly uniform).
+    mask_gain: scales the memory encoder's last mask-downsampling conv, so that the mask is not drowned by the
+    image embedding that it is added to.
+    """
+    with torch.no_grad():
+        if attention_bias:
+            for layer in model.memory_attention.layers:
+                layer.cross_attn_image.q_proj.bias.fill_(attention_bias)
+                layer.cross_attn_image.k_proj.bias.fill_(attention_bias)
+        last = model.memory_encoder.mask_downsampler.encoder[-1]
+        last.weight.mul_(mask_gain)
+        last.bias.mul_(mask_gain)
 
 
 class Trainer:
@@ -66,6 +89,7 @@ class Trainer:
         self.recipe, self.seed, self.device = recipe, seed, torch.device(device)
         torch.manual_seed(seed)
         self.model = SAM2(recipe.model).to(self.device).train()
+        init_memory_path(self.model, recipe.memory_attention_bias, recipe.mask_memory_gain)
         if recipe.freeze_image_encoder:
             self.model.image_encoder.requires_grad_(False)
         decay, no_decay = [], []

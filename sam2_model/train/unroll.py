@@ -86,6 +86,8 @@ class ClipUnroll:
             if t not in self.plan.init_frames:
                 self._tracked_frame(t, frame_feats[t])
         loss = torch.stack(self.losses).mean()
+        if self.weights.embedding:
+            loss = loss + self.weights.embedding * feats.embedding.pow(2).mean()
         return UnrollResult(loss, dict(self.terms), self.final_iou)
 
     # ------------------------------------------------------------------ frames

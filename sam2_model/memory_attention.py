@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configs import SAM2Config
-from .layers import Attention, attention
+from .layers import FULL_PRECISION, Attention, attention
 
 RopeTable = tuple[Tensor, Tensor]
 """(cos, sin) of the rotation angles, each N×(head_dim/2) float32, N = tokens of one grid."""
@@ -97,7 +97,7 @@ class RoPEAttention(Attention):
         values (2 threads, tiny config, bf16: 2.4 s instead of 2.9 s per object-frame; in float32 PyTorch's
         fused kernel on the projected values is as fast, and it is kept)."""
         narrow = self.num_heads * self.kv_in_dim < self.internal_dim
-        reduced = q.dtype not in (torch.float32, torch.float64)
+        reduced = q.dtype not in FULL_PRECISION
         return narrow and reduced and q.device.type == "cpu" and not (self.training and self.dropout_p > 0)
 
     def _attend_then_project_values(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the four terms; SAM 2 trains with focal:dice:iou:class = 20:1:1:1.
+    """Weights of the loss terms; SAM 2 trains with focal:dice:iou:class = 20:1:1:1 and no embedding term.
 
     embedding: weight of the mean square of the stride-16 image embedding, once per step (not in SAM 2, which
     starts from a pretrained encoder). Trained from scratch, the embedding grows without bound (RMS 0.5 at

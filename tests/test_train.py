@@ -14,7 +14,8 @@ from sam2_model.sam2 import SAM2
 from sam2_model.train import __main__ as train_cli
 from sam2_model.train import evaluate
 from sam2_model.train.data import TRAIN_SEED_BASE, ClipBatch, resize_masks, sample_batch, sample_frames, sample_window
-from sam2_model.train.losses import LossWeights, dice_loss, focal_loss, mask_iou, mask_prediction_loss
+from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, mask_iou, mask_prediction_loss,
+                                     memory_readout_loss)
 from sam2_model.train.prompts import center_error_click, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES
@@ -173,6 +174,35 @@ def test_embedding_penalty_adds_the_mean_square_of_the_image_embedding(batch):
     assert penalised.loss.item() == pytest.approx(plain.loss.item() + 0.5 * square, rel=1e-5)
 
 
+def test_memory_readout_is_scored_against_cell_coverage():
+    target = square(8, 0, 4, 0, 2)[None, None]  # covers the top-left 4×4 cell by half, nothing else
+    coverage = torch.tensor([[0.5, 0.0], [0.0, 0.0]])[None, None]
+    exact = torch.logit(coverage.clamp(1e-6, 1 - 1e-6))
+    assert memory_readout_loss(exact, target).item() == pytest.approx(math.log(2) / 4, rel=1e-3)  # entropy only
+    assert memory_readout_loss(-exact, target).item() > 3.0
+
+
+def test_memory_readout_supervises_tracked_frames_through_the_memory(batch):
+    """The readout term is the mean over tracked frames; its gradient reaches memory attention and the memory
+    encoder (the path it exists for), and a prompted-only clip has no such term."""
+    torch.manual_seed(0)
+    model = SAM2(RECIPE.model).train()
+    readout = torch.nn.Conv2d(RECIPE.model.d_model, 1, 1)
+    weights = LossWeights(memory_readout=2.0)
+    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
+    probed = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights, readout).run()
+    assert probed.loss.item() == pytest.approx(plain.loss.item() + 2.0 * probed.terms["readout"], rel=1e-5)
+    assert "readout" not in plain.terms
+    model.zero_grad()
+    (probed.loss - plain.loss.detach()).backward()
+    assert readout.weight.grad.abs().sum() > 0
+    for part in (model.memory_attention, model.memory_encoder.mask_downsampler):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)
+    assert "readout" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights,
+                                       readout).run().terms
+
+
 def test_memory_path_init_lets_the_mask_reach_the_next_frame():
     """Two objects' memories of the same frame condition the same next frame. At default initialisation the
     attention is nearly uniform and their masks average away; the local attention bias keeps them apart, and a
@@ -240,10 +270,12 @@ def test_overfits_one_clip(batch):
 
 
 def test_resume_gives_the_same_next_step(tmp_path):
-    trainer = Trainer(RECIPE, seed=5)
+    recipe = RECIPE.replace(loss=LossWeights(memory_readout=1.0))  # the readout head is resumed too
+    trainer = Trainer(recipe, seed=5)
     trainer.fit(str(tmp_path / "m.pt"), steps=2, state_path=str(tmp_path / "s.pt"), progress=False)
     expected = trainer.train_step(0.5)
-    resumed = Trainer.load(str(tmp_path / "s.pt"), RECIPE)
+    assert "readout" in expected
+    resumed = Trainer.load(str(tmp_path / "s.pt"), recipe)
     assert resumed.step == 2 and resumed.seed == 5
     assert resumed.train_step(0.5) == expected
     for a, b in zip(trainer.model.parameters(), resumed.model.parameters()):
@@ -272,7 +304,9 @@ def test_cli_train_resume_and_evaluate(tmp_path):
 
 def test_cli_passes_the_memory_path_options(tmp_path):
     args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
-            "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01"]
+            "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
+            "--memory-readout", "2"]
     recipe = train_cli.main(args).recipe
-    assert (recipe.memory_attention_bias, recipe.mask_memory_gain, recipe.loss.embedding) == (5.0, 10.0, 0.01)
+    assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
+    assert (recipe.loss.embedding, recipe.loss.memory_readout) == (0.01, 2.0)
     assert recipe.replace(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss) == RECIPE

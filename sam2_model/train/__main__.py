@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--memory-attention-bias", type=float, help="init_memory_path's attention bias")
     parser.add_argument("--mask-memory-gain", type=float, help="init_memory_path's mask gain")
     parser.add_argument("--embedding-penalty", type=float, help="LossWeights.embedding")
+    parser.add_argument("--memory-readout", type=float, help="LossWeights.memory_readout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true")
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> Trainer:
     changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image,
                "memory_attention_bias": args.memory_attention_bias, "mask_memory_gain": args.mask_memory_gain}
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
-    if args.embedding_penalty is not None:
-        recipe = recipe.replace(loss=dataclasses.replace(recipe.loss, embedding=args.embedding_penalty))
+    loss_changes = {"embedding": args.embedding_penalty, "memory_readout": args.memory_readout}
+    loss_changes = {k: v for k, v in loss_changes.items() if v is not None}
+    if loss_changes:
+        recipe = recipe.replace(loss=dataclasses.replace(recipe.loss, **loss_changes))
     if args.freeze_image_encoder:
         recipe = recipe.replace(freeze_image_encoder=True)
     stem = os.path.splitext(args.out)[0]

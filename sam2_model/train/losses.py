@@ -21,13 +21,16 @@ class LossWeights:
 
     embedding: weight of the mean square of the stride-16 image embedding, once per step (not in SAM 2, which
     starts from a pretrained encoder). Trained from scratch, the embedding grows without bound (RMS 0.5 at
-    initialisation, 90 after an hour) and drowns the mask that the memory encoder adds to it."""
+    initialisation, 90 after an hour) and drowns the mask that the memory encoder adds to it.
+    memory_readout: weight of `memory_readout_loss` on tracked frames (not in SAM 2; a training-only probe that
+    keeps the mask flowing through memory attention, see the README's Training section)."""
 
     focal: float = 20.0
     dice: float = 1.0
     iou: float = 1.0
     presence: float = 1.0
     embedding: float = 0.0
+    memory_readout: float = 0.0
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -92,3 +95,10 @@ def mask_prediction_loss(
     total = (weights.focal * terms["focal"] + weights.dice * terms["dice"] + weights.iou * terms["iou"]
              + weights.presence * terms["presence"])
     return {"loss": total, **terms, "best": best}
+
+
+def memory_readout_loss(readout_logits: Tensor, target: Tensor) -> Tensor:
+    """Binary cross-entropy of a coarse mask read out of memory-conditioned features against the target's
+    coverage of each cell: B×1×h×w logits, B×1×H×W {0,1} target (H, W multiples of h, w) -> scalar."""
+    coverage = F.adaptive_avg_pool2d(target.to(readout_logits.dtype), readout_logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(readout_logits, coverage)

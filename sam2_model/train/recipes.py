@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..configs import custom_config
 from .data import DataConfig
+from .losses import LossWeights
 from .trainer import Recipe
 
 MICRO_CONFIG = custom_config(
@@ -25,8 +26,10 @@ TEST_CONFIG = custom_config(
 )
 
 RECIPES: dict[str, Recipe] = {
-    # The settings of the best 60-minute CPU run so far (README.md, "Training": it does not track yet).
-    "micro": Recipe(model=MICRO_CONFIG, lr=2e-3, warmup_steps=100, p_image=0.3),
+    # The demo model's recipe (README.md, "Training"): the memory path opened at initialisation and kept open
+    # by the memory readout, the image embedding kept small.
+    "micro": Recipe(model=MICRO_CONFIG, lr=2e-3, warmup_steps=100, p_image=0.3, memory_attention_bias=5.0,
+                    mask_memory_gain=10.0, loss=LossWeights(embedding=0.01, memory_readout=1.0)),
     "test": Recipe(
         model=TEST_CONFIG,
         data=DataConfig(num_frames=4, source_frames=12, side_range=(1.0, 1.25), max_objects=2),

@@ -90,10 +90,12 @@ class Trainer:
         torch.manual_seed(seed)
         self.model = SAM2(recipe.model).to(self.device).train()
         init_memory_path(self.model, recipe.memory_attention_bias, recipe.mask_memory_gain)
+        # training-only probe of the memory-conditioned features (LossWeights.memory_readout); not in the model
+        self.readout = torch.nn.Conv2d(recipe.model.d_model, 1, kernel_size=1).to(self.device)
         if recipe.freeze_image_encoder:
             self.model.image_encoder.requires_grad_(False)
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for p in [*self.model.parameters(), *self.readout.parameters()]:
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         self.optimizer = torch.optim.AdamW(
@@ -128,7 +130,7 @@ class Trainer:
                                max_correction_frames=r.max_correction_frames, max_corrections=r.max_corrections,
                                visible_frames=visible)
         batch = batch.to(self.device)
-        result = ClipUnroll(self.model, batch, plan, rng, r.loss).run()
+        result = ClipUnroll(self.model, batch, plan, rng, r.loss, self.readout).run()
         lr = self.lr_at(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -140,6 +142,8 @@ class Trainer:
         self.step += 1
         outputs = result.terms.pop("outputs")
         stats: dict[str, float | str] = {k: result.terms[k] / outputs for k in LOG_TERMS}
+        if "readout" in result.terms:
+            stats["readout"] = result.terms["readout"]
         stats.update(step=self.step, lr=lr, grad_norm=float(grad_norm))
         if batch.masks.shape[0] == 1:  # image step: IoU of the prompted masks
             stats.update(prompt="image", image_iou=float(result.per_frame_iou.mean()))
@@ -152,6 +156,7 @@ class Trainer:
         """Write the resumable state atomically (also a valid model checkpoint)."""
         atomic_save({
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "readout": {k: v.detach().cpu() for k, v in self.readout.state_dict().items()},
             "config": dataclasses.asdict(self.model.config),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
@@ -168,6 +173,7 @@ class Trainer:
             raise ValueError(f"{path} was trained with a different recipe: {state.get('recipe')}")
         trainer = cls(recipe, seed=state["seed"], device=device)
         trainer.model.load_state_dict(state["model"])
+        trainer.readout.load_state_dict(state["readout"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step, trainer.elapsed = state["step"], state["elapsed"]
         return trainer

@@ -24,7 +24,7 @@ from ..sam2 import SAM2, FrameFeatures, MaskPrediction
 from ..video.memory_bank import FrameOutput, ObjectState
 from ..video.session import pack_memory, select_for
 from .data import ClipBatch
-from .losses import LossWeights, mask_prediction_loss
+from .losses import LossWeights, mask_prediction_loss, memory_readout_loss
 from .prompts import noisy_box, random_error_click
 
 PROMPT_KINDS = ("mask", "box", "click")
@@ -60,11 +60,16 @@ class UnrollResult:
 
 
 class ClipUnroll:
-    """One forward pass of SAM 2 over a ClipBatch with a PromptPlan; `run()` returns the loss."""
+    """One forward pass of SAM 2 over a ClipBatch with a PromptPlan; `run()` returns the loss.
+
+    readout: a training-only head (D -> 1 channel) that reads a coarse mask out of each tracked frame's
+    memory-conditioned features, supervised with weight `weights.memory_readout`; None: no such term."""
 
     def __init__(self, model: SAM2, batch: ClipBatch, plan: PromptPlan, rng: np.random.Generator,
-                 weights: LossWeights = LossWeights()):
+                 weights: LossWeights = LossWeights(), readout: torch.nn.Module | None = None):
         self.model, self.batch, self.plan, self.rng, self.weights = model, batch, plan, rng, weights
+        self.readout = readout if weights.memory_readout else None
+        self.readout_losses: list[Tensor] = []
         self.num_frames, self.num_objects = batch.masks.shape[:2]
         self.targets_np = (batch.masks > 0.5).cpu().numpy()  # T×B×S×S bool, for prompt sampling
         self.obj = ObjectState(obj_id=0)
@@ -88,6 +93,10 @@ class ClipUnroll:
         loss = torch.stack(self.losses).mean()
         if self.weights.embedding:
             loss = loss + self.weights.embedding * feats.embedding.pow(2).mean()
+        if self.readout_losses:
+            readout = torch.stack(self.readout_losses).mean()
+            loss = loss + self.weights.memory_readout * readout
+            self.terms["readout"] = float(readout.detach())
         return UnrollResult(loss, dict(self.terms), self.final_iou)
 
     # ------------------------------------------------------------------ frames
@@ -110,6 +119,8 @@ class ClipUnroll:
         memory = pack_memory(self.model, select_for(self.model, self.obj, t, False, self.num_frames), self.num_frames,
                              self.mem_pos)
         pix = self.model.condition_on_memory(feats, *memory)
+        if self.readout is not None:
+            self.readout_losses.append(memory_readout_loss(self.readout(pix), target))
         pred = self.model.predict_masks(pix, feats.high_res, None, None, None, multimask_output=True)
         self._supervise(pred, target)
         corrected = t in self.plan.correction_frames

@@ -305,8 +305,9 @@ def test_cli_train_resume_and_evaluate(tmp_path):
 def test_cli_passes_the_memory_path_options(tmp_path):
     args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
-            "--memory-readout", "2"]
+            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5"]
     recipe = train_cli.main(args).recipe
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
     assert (recipe.loss.embedding, recipe.loss.memory_readout) == (0.01, 2.0)
+    assert (recipe.loss.focal, recipe.loss.dice) == (2.0, 1.5)
     assert recipe.replace(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss) == RECIPE

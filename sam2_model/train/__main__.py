@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--freeze-image-encoder", action="store_true")
     parser.add_argument("--memory-attention-bias", type=float, help="init_memory_path's attention bias")
     parser.add_argument("--mask-memory-gain", type=float, help="init_memory_path's mask gain")
+    parser.add_argument("--focal-weight", type=float, help="LossWeights.focal")
+    parser.add_argument("--dice-weight", type=float, help="LossWeights.dice")
     parser.add_argument("--embedding-penalty", type=float, help="LossWeights.embedding")
     parser.add_argument("--memory-readout", type=float, help="LossWeights.memory_readout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> Trainer:
     changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image,
                "memory_attention_bias": args.memory_attention_bias, "mask_memory_gain": args.mask_memory_gain}
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
-    loss_changes = {"embedding": args.embedding_penalty, "memory_readout": args.memory_readout}
+    loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "embedding": args.embedding_penalty,
+                    "memory_readout": args.memory_readout}
     loss_changes = {k: v for k, v in loss_changes.items() if v is not None}
     if loss_changes:
         recipe = recipe.replace(loss=dataclasses.replace(recipe.loss, **loss_changes))

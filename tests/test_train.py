@@ -305,9 +305,18 @@ def test_cli_train_resume_and_evaluate(tmp_path):
 def test_cli_passes_the_memory_path_options(tmp_path):
     args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
-            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5"]
+            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--image-warmup", "0.25"]
     recipe = train_cli.main(args).recipe
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
     assert (recipe.loss.embedding, recipe.loss.memory_readout) == (0.01, 2.0)
-    assert (recipe.loss.focal, recipe.loss.dice) == (2.0, 1.5)
-    assert recipe.replace(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss) == RECIPE
+    assert (recipe.loss.focal, recipe.loss.dice, recipe.image_warmup) == (2.0, 1.5, 0.25)
+    defaults = dict(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss, image_warmup=0.0)
+    assert recipe.replace(**defaults) == RECIPE
+
+
+def test_image_warmup_takes_only_image_steps_first():
+    trainer = Trainer(RECIPE.replace(image_warmup=0.5), seed=0)
+    kinds = []
+    for progress in (0.0, 0.2, 0.4, 0.6, 0.8, 0.9):
+        kinds.append(trainer.train_step(progress)["prompt"])
+    assert kinds[:3] == ["image"] * 3 and "image" not in kinds[3:]  # the test recipe has p_image 0

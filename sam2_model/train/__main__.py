@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--batch-clips", type=int, help="clips per step (recipe default otherwise)")
     parser.add_argument("--lr", type=float, help="peak learning rate (recipe default otherwise)")
     parser.add_argument("--p-image", type=float, help="share of image steps (recipe default otherwise)")
+    parser.add_argument("--image-warmup", type=float, help="fraction of the run with image steps only")
     parser.add_argument("--freeze-image-encoder", action="store_true")
     parser.add_argument("--memory-attention-bias", type=float, help="init_memory_path's attention bias")
     parser.add_argument("--mask-memory-gain", type=float, help="init_memory_path's mask gain")
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> Trainer:
         torch.set_num_threads(args.threads)
     recipe = RECIPES[args.config]
     changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image,
-               "memory_attention_bias": args.memory_attention_bias, "mask_memory_gain": args.mask_memory_gain}
+               "image_warmup": args.image_warmup, "memory_attention_bias": args.memory_attention_bias,
+               "mask_memory_gain": args.mask_memory_gain}
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
     loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "embedding": args.embedding_penalty,
                     "memory_readout": args.memory_readout}

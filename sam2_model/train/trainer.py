@@ -37,6 +37,8 @@ class Recipe:
     up to max_correction_frames corrected frames and max_corrections clicks per correction round.
     p_image: chance that a step is an image step instead (data.num_frames single frames prompted by a box or
     a click, with corrections: SAM 2 also trains on images), which teaches prompted segmentation cheaply.
+    image_warmup: the first fraction of the run (by progress) takes only image steps: segmentation first, then
+    tracking (a curriculum; 0: none).
     memory_attention_bias, mask_memory_gain: initialisation of the memory path (`init_memory_path`); 0 and 1
     leave the default initialisation. Experiments towards a micro model that uses its memory (README, "Training").
     """
@@ -54,6 +56,7 @@ class Recipe:
     max_correction_frames: int = 2
     max_corrections: int = 3
     p_image: float = 0.0
+    image_warmup: float = 0.0
     loss: LossWeights = field(default_factory=LossWeights)
     freeze_image_encoder: bool = False
     memory_attention_bias: float = 0.0
@@ -119,7 +122,8 @@ class Trainer:
         r = self.recipe
         rng = np.random.default_rng([self.seed, self.step])
         torch.manual_seed(int(rng.integers(1 << 62)))  # dropout
-        if rng.random() < r.p_image:
+        p_image = 1.0 if progress < r.image_warmup else r.p_image
+        if rng.random() < p_image:
             batch = sample_frames(rng, r.model.image_size, r.data, r.data.num_frames * r.batch_clips)
             plan = sample_plan(rng, 1, p_kinds=(0.0, *r.p_kinds[1:]), max_corrections=r.max_corrections)
         else:

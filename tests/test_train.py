@@ -19,7 +19,7 @@ from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, mask_io
 from sam2_model.train.prompts import center_error_click, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES
-from sam2_model.train.trainer import Trainer, init_memory_path
+from sam2_model.train.trainer import Trainer, init_memory_path, init_prompt_attention
 from sam2_model.train.unroll import ClipUnroll, PromptPlan, sample_plan
 from sam2_model.video.frames import preprocess_frame
 from sam2_model.video.predictor import VideoPredictor
@@ -121,6 +121,28 @@ def test_image_steps_are_single_frames():
     assert batch.clip_index.unique().tolist() == list(range(n)) and (batch.masks[0].flatten(1).sum(1) > 0).all()
     stats = Trainer(RECIPE.replace(p_image=1.0)).train_step()
     assert stats["prompt"] == "image" and 0.0 <= stats["image_iou"] <= 1.0
+
+
+def test_image_steps_draw_frames_from_several_videos(monkeypatch):
+    """image_videos = V: V distinct videos (12 frames each, enough for the leave-and-return event) share the
+    frames of one image step; every frame keeps its own objects."""
+    from sam2_model.train import data as data_module
+
+    calls = []
+
+    def counting(seed, length, *args, **kwargs):
+        calls.append((seed, length))
+        return generate_clip(seed, length, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "generate_clip", counting)
+    cfg = dataclasses.replace(RECIPE.data, image_videos=4, source_frames=24)
+    batch = sample_frames(np.random.default_rng(5), S, cfg, 8)
+    assert len(calls) == 4 and len({seed for seed, _ in calls}) == 4
+    assert all(length == 12 for _, length in calls)
+    assert 4 <= batch.images.shape[1] <= 8 and (batch.masks[0].flatten(1).sum(1) > 0).all()
+    calls.clear()
+    sample_frames(np.random.default_rng(5), S, dataclasses.replace(cfg, image_videos=1), 8)
+    assert calls and all(length == 24 for _, length in calls) and len(calls) == 1
 
 
 def test_image_step_without_visible_objects_uses_frame_zero():
@@ -227,6 +249,31 @@ def test_memory_path_init_lets_the_mask_reach_the_next_frame():
     assert local > 3 * default and strong > 2 * local
 
 
+def test_prompt_attention_init_points_a_prompt_token_at_its_position():
+    """Share of a prompt token's attention (position encoding only) on the 3×3 cells around its own cell, in the
+    decoder's first token->image attention: chance level at default initialisation, peaked after the init."""
+    torch.manual_seed(0)
+    model = SAM2(MICRO_CONFIG)
+    side = MICRO_CONFIG.image_embedding_size
+    grid = model.sam_prompt_encoder.pe_layer.grid(side, side).flatten(1).T  # side²×D
+    attn = model.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    cell = (5, 3)
+
+    def local_share() -> float:
+        heads = attn.num_heads
+        with torch.no_grad():
+            q = attn.q_proj(grid[cell[0] * side + cell[1]]).reshape(heads, -1)
+            k = attn.k_proj(grid).reshape(side * side, heads, -1)
+            weights = (torch.einsum("hc,nhc->hn", q, k) / q.shape[-1] ** 0.5).softmax(-1).mean(0)
+        near = weights.reshape(side, side)[cell[0] - 1:cell[0] + 2, cell[1] - 1:cell[1] + 2]
+        return float(near.sum())
+
+    chance = 9 / side**2
+    assert local_share() < 2 * chance
+    init_prompt_attention(model, gain=3.0)
+    assert local_share() > 4 * chance
+
+
 def test_unroll_tracks_like_the_video_session():
     """In eval mode the training unroll and VideoSession produce the same masks (the session keeps memories in
     bfloat16, hence the tolerance)."""
@@ -285,6 +332,29 @@ def test_resume_gives_the_same_next_step(tmp_path):
         Trainer.load(str(tmp_path / "s.pt"), RECIPE.replace(lr=1.0))
 
 
+def test_ema_model_is_written_and_resumed(tmp_path):
+    """ema_decay d: the written model holds e_1 = w_1, e_n = d·e_(n-1) + (1 - d)·w_n over the trained weights
+    w_n after step n; the state file keeps the trained weights and the average, so a resumed run goes on alike."""
+    recipe = RECIPE.replace(ema_decay=0.5)
+    trainer = Trainer(recipe, seed=3)
+    expected = None
+    for _ in range(3):
+        trainer.train_step(0.5)
+        weights = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        expected = weights if expected is None else {k: 0.5 * expected[k] + 0.5 * w for k, w in weights.items()}
+    trainer.save(str(tmp_path / "s.pt"))
+    trainer._checkpoint(str(tmp_path / "m.pt"), None)
+    written = dict(load_model(tmp_path / "m.pt").named_parameters())
+    trained = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(written[k], trained[k]) for k in expected)
+    for k, v in expected.items():
+        torch.testing.assert_close(written[k], v)
+    resumed = Trainer.load(str(tmp_path / "s.pt"), recipe)
+    trainer.train_step(0.5), resumed.train_step(0.5)
+    for a, b in zip(trainer.ema.module.parameters(), resumed.ema.module.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_cli_train_resume_and_evaluate(tmp_path):
     out = str(tmp_path / "demo" / "m.pt")
     train_cli.main(["--config", "test", "--out", out, "--steps", "2", "--log-every", "1", "--no-progress"])
@@ -305,12 +375,15 @@ def test_cli_train_resume_and_evaluate(tmp_path):
 def test_cli_passes_the_memory_path_options(tmp_path):
     args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
-            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--image-warmup", "0.25"]
+            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--image-warmup", "0.25",
+            "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3"]
     recipe = train_cli.main(args).recipe
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
     assert (recipe.loss.embedding, recipe.loss.memory_readout) == (0.01, 2.0)
     assert (recipe.loss.focal, recipe.loss.dice, recipe.image_warmup) == (2.0, 1.5, 0.25)
-    defaults = dict(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss, image_warmup=0.0)
+    assert (recipe.data.image_videos, recipe.ema_decay, recipe.prompt_attention_gain) == (3, 0.9, 3.0)
+    defaults = dict(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss, image_warmup=0.0,
+                    data=RECIPE.data, ema_decay=0.0, prompt_attention_gain=0.0)
     assert recipe.replace(**defaults) == RECIPE
 
 

@@ -35,9 +35,12 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--lr", type=float, help="peak learning rate (recipe default otherwise)")
     parser.add_argument("--p-image", type=float, help="share of image steps (recipe default otherwise)")
     parser.add_argument("--image-warmup", type=float, help="fraction of the run with image steps only")
+    parser.add_argument("--image-videos", type=int, help="videos an image step draws its frames from")
+    parser.add_argument("--ema-decay", type=float, help="write an exponential moving average of the weights")
     parser.add_argument("--freeze-image-encoder", action="store_true")
     parser.add_argument("--memory-attention-bias", type=float, help="init_memory_path's attention bias")
     parser.add_argument("--mask-memory-gain", type=float, help="init_memory_path's mask gain")
+    parser.add_argument("--prompt-attention-gain", type=float, help="init_prompt_attention's gain")
     parser.add_argument("--focal-weight", type=float, help="LossWeights.focal")
     parser.add_argument("--dice-weight", type=float, help="LossWeights.dice")
     parser.add_argument("--embedding-penalty", type=float, help="LossWeights.embedding")
@@ -53,8 +56,11 @@ def main(argv: list[str] | None = None) -> Trainer:
     recipe = RECIPES[args.config]
     changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image,
                "image_warmup": args.image_warmup, "memory_attention_bias": args.memory_attention_bias,
-               "mask_memory_gain": args.mask_memory_gain}
+               "mask_memory_gain": args.mask_memory_gain, "ema_decay": args.ema_decay,
+               "prompt_attention_gain": args.prompt_attention_gain}
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
+    if args.image_videos is not None:
+        recipe = recipe.replace(data=dataclasses.replace(recipe.data, image_videos=args.image_videos))
     loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "embedding": args.embedding_penalty,
                     "memory_readout": args.memory_readout}
     loss_changes = {k: v for k, v in loss_changes.items() if v is not None}

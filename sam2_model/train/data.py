@@ -31,7 +31,8 @@ class DataConfig:
     source_frames: length of the rendered video the window is cut from (≥ 12 for leave-and-return events);
     side_range: video height and width, each drawn in [lo, hi] × image_size; max_objects: 1..max_objects per
     video; p_occlusion / p_leave: chance of overlapping objects / an object leaving and re-entering;
-    min_area: fraction of the frame an object must cover on the window's first frame to be tracked.
+    min_area: fraction of the frame an object must cover on the window's first frame to be tracked;
+    image_videos: how many videos an image step draws its frames from (more: more varied objects per step).
     """
 
     num_frames: int = 8
@@ -42,6 +43,7 @@ class DataConfig:
     p_occlusion: float = 0.7
     p_leave: float = 0.5
     min_area: float = 0.004
+    image_videos: int = 1
 
 
 @dataclass
@@ -69,19 +71,23 @@ def resize_masks(masks: np.ndarray, image_size: int) -> Tensor:
     return t.reshape(*lead, image_size, image_size)
 
 
-def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) -> tuple[Tensor, Tensor]:
-    """One training clip: (images T×3×S×S, masks T×K×S×S) with K ≥ 1 objects visible on the first frame."""
+def _render_video(rng: np.random.Generator, image_size: int, cfg: DataConfig, length: int):
+    """A synthetic video of random size, object count and events, as training draws them -> SyntheticClip."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
     k = int(rng.integers(1, cfg.max_objects + 1))
+    return generate_clip(TRAIN_SEED_BASE + int(rng.integers(1 << 62)), length, (h, w), k,
+                         occlusion=bool(rng.random() < cfg.p_occlusion),
+                         leave_and_return=bool(length >= 12 and rng.random() < cfg.p_leave))
+
+
+def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) -> tuple[Tensor, Tensor]:
+    """One training clip: (images T×3×S×S, masks T×K×S×S) with K ≥ 1 objects visible on the first frame."""
     stride = int(rng.integers(1, cfg.max_stride + 1))
     span = (cfg.num_frames - 1) * stride + 1
     length = max(cfg.source_frames, span)
-    clip = generate_clip(
-        TRAIN_SEED_BASE + int(rng.integers(1 << 62)), length, (h, w), k,
-        occlusion=bool(rng.random() < cfg.p_occlusion),
-        leave_and_return=bool(length >= 12 and rng.random() < cfg.p_leave),
-    )
+    clip = _render_video(rng, image_size, cfg, length)
+    k = clip.masks.shape[1]
     start = int(rng.integers(length - span + 1))
     frames = np.arange(start, start + span, stride)
     area = clip.masks[frames[0]].mean(axis=(1, 2))
@@ -95,28 +101,28 @@ def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) ->
 
 
 def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, num_images: int) -> ClipBatch:
-    """Single-frame "clips" for image steps: `num_images` frames spread over one synthetic video, each with its
-    visible objects (T = 1, 1 ≤ N ≤ num_images: frames without a visible object are dropped; frame 0, where
-    every object shows, stands in when none is left)."""
-    lo, hi = cfg.side_range
-    h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
-    k = int(rng.integers(1, cfg.max_objects + 1))
-    length = max(cfg.source_frames, num_images)
-    clip = generate_clip(TRAIN_SEED_BASE + int(rng.integers(1 << 62)), length, (h, w), k,
-                         occlusion=bool(rng.random() < cfg.p_occlusion),
-                         leave_and_return=bool(length >= 12 and rng.random() < cfg.p_leave))
+    """Single-frame "clips" for image steps: `num_images` frames spread over `cfg.image_videos` synthetic videos,
+    each with its visible objects (T = 1, 1 ≤ N ≤ num_images: frames without a visible object are dropped; a
+    video's frame 0, where every object shows, stands in when none of its frames is left)."""
+    videos = max(1, min(cfg.image_videos, num_images))
     images, masks, clip_index = [], [], []
-    for t in np.sort(rng.choice(length, num_images, replace=False)):
-        keep = np.flatnonzero(clip.masks[t].mean(axis=(1, 2)) >= cfg.min_area)
-        if len(keep) == 0:
-            continue
-        clip_index += [len(images)] * len(keep)
-        images.append(preprocess_frame(clip.frames[t], image_size))
-        masks.append(resize_masks(clip.masks[t][keep], image_size))
-    if not images:  # no drawn frame shows an object: frame 0 shows them all
-        clip_index = [0] * k
-        images.append(preprocess_frame(clip.frames[0], image_size))
-        masks.append(resize_masks(clip.masks[0], image_size))
+    for v in range(videos):
+        count = num_images // videos + (v < num_images % videos)
+        length = max(cfg.source_frames // videos, 12, count)  # shorter videos when there are several
+        clip = _render_video(rng, image_size, cfg, length)
+        drawn = 0
+        for t in np.sort(rng.choice(length, count, replace=False)):
+            keep = np.flatnonzero(clip.masks[t].mean(axis=(1, 2)) >= cfg.min_area)
+            if len(keep) == 0:
+                continue
+            clip_index += [len(images)] * len(keep)
+            images.append(preprocess_frame(clip.frames[t], image_size))
+            masks.append(resize_masks(clip.masks[t][keep], image_size))
+            drawn += 1
+        if not drawn:  # no drawn frame shows an object: frame 0 shows them all
+            clip_index += [len(images)] * clip.masks.shape[1]
+            images.append(preprocess_frame(clip.frames[0], image_size))
+            masks.append(resize_masks(clip.masks[0], image_size))
     return ClipBatch(torch.stack(images)[None], torch.cat(masks)[None], torch.tensor(clip_index, dtype=torch.long))
 
 

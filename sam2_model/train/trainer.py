@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..checkpoint import atomic_save, save_checkpoint
 from ..configs import SAM2Config
@@ -41,6 +42,9 @@ class Recipe:
     tracking (a curriculum; 0: none).
     memory_attention_bias, mask_memory_gain: initialisation of the memory path (`init_memory_path`); 0 and 1
     leave the default initialisation. Experiments towards a micro model that uses its memory (README, "Training").
+    prompt_attention_gain: initialisation of the decoder's cross-attentions (`init_prompt_attention`; 0: default).
+    ema_decay: the written model is an exponential moving average of the trained weights with this decay per step
+    (0: the trained weights themselves); averaging smooths the noise of one-clip steps.
     """
 
     model: SAM2Config
@@ -61,6 +65,8 @@ class Recipe:
     freeze_image_encoder: bool = False
     memory_attention_bias: float = 0.0
     mask_memory_gain: float = 1.0
+    prompt_attention_gain: float = 0.0
+    ema_decay: float = 0.0
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -85,6 +91,25 @@ def init_memory_path(model: SAM2, attention_bias: float = 0.0, mask_gain: float 
         last.bias.mul_(mask_gain)
 
 
+def init_prompt_attention(model: SAM2, gain: float) -> None:
+    """Initialise the mask decoder's cross-attentions (tokens <-> image) so that a prompt token attends where it is.
+
+    Queries and keys both carry the same random Fourier position encoding. With independent random projections
+    their product has no positional peak, and a from-scratch decoder long ignores where a box or click is (it
+    segments every object alike). Here each key projection starts as a copy of its query projection, both scaled
+    by `gain`: the logits then contain the encoding's own kernel, which peaks where the positions agree.
+    """
+    transformer = model.sam_mask_decoder.transformer
+    attentions = [transformer.final_attn_token_to_image]
+    for layer in transformer.layers:
+        attentions += [layer.cross_attn_token_to_image, layer.cross_attn_image_to_token]
+    with torch.no_grad():
+        for attn in attentions:
+            attn.q_proj.weight.mul_(gain)
+            attn.k_proj.weight.copy_(attn.q_proj.weight)
+            attn.k_proj.bias.copy_(attn.q_proj.bias)
+
+
 class Trainer:
     """Owns the model (in training mode), the optimizer and the step counter."""
 
@@ -93,6 +118,8 @@ class Trainer:
         torch.manual_seed(seed)
         self.model = SAM2(recipe.model).to(self.device).train()
         init_memory_path(self.model, recipe.memory_attention_bias, recipe.mask_memory_gain)
+        if recipe.prompt_attention_gain:
+            init_prompt_attention(self.model, recipe.prompt_attention_gain)
         # training-only probe of the memory-conditioned features (LossWeights.memory_readout); not in the model
         self.readout = torch.nn.Conv2d(recipe.model.d_model, 1, kernel_size=1).to(self.device)
         if recipe.freeze_image_encoder:
@@ -105,6 +132,8 @@ class Trainer:
             [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=recipe.lr,
         )
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay),
+                                 use_buffers=True) if recipe.ema_decay else None
         self.step = 0
         self.elapsed = 0.0  # training seconds spent, over all resumed runs
 
@@ -143,6 +172,8 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step += 1
         outputs = result.terms.pop("outputs")
         stats: dict[str, float | str] = {k: result.terms[k] / outputs for k in LOG_TERMS}
@@ -161,6 +192,7 @@ class Trainer:
         atomic_save({
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "readout": {k: v.detach().cpu() for k, v in self.readout.state_dict().items()},
+            "ema": None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
             "config": dataclasses.asdict(self.model.config),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
@@ -178,6 +210,8 @@ class Trainer:
         trainer = cls(recipe, seed=state["seed"], device=device)
         trainer.model.load_state_dict(state["model"])
         trainer.readout.load_state_dict(state["readout"])
+        if trainer.ema is not None:
+            trainer.ema.load_state_dict(state["ema"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.step, trainer.elapsed = state["step"], state["elapsed"]
         return trainer
@@ -232,7 +266,7 @@ class Trainer:
     def _checkpoint(self, out: str, state_path: str | None) -> None:
         if state_path:
             self.save(state_path)
-        save_checkpoint(self.model, out)
+        save_checkpoint(self.model if self.ema is None else self.ema.module, out)
 
     def _log(self, path: str | None, window: list[dict]) -> None:
         if not path:

@@ -16,7 +16,7 @@ from sam2_model.train import evaluate
 from sam2_model.train.data import TRAIN_SEED_BASE, ClipBatch, resize_masks, sample_batch, sample_frames, sample_window
 from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, mask_iou, mask_prediction_loss,
                                      memory_readout_loss)
-from sam2_model.train.prompts import center_error_click, noisy_box, random_error_click
+from sam2_model.train.prompts import center_error_click, mask_box, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES
 from sam2_model.train.trainer import Trainer, init_memory_path, init_prompt_attention
@@ -393,3 +393,40 @@ def test_image_warmup_takes_only_image_steps_first():
     for progress in (0.0, 0.2, 0.4, 0.6, 0.8, 0.9):
         kinds.append(trainer.train_step(progress)["prompt"])
     assert kinds[:3] == ["image"] * 3 and "image" not in kinds[3:]  # the test recipe has p_image 0
+
+
+class _FakePredictor:
+    """Stands in for ImagePredictor on one known clip: answers every prompt with the mask that `answer` picks."""
+
+    def __init__(self, clip, answer):
+        self.clip, self.answer, self.t = clip, answer, None
+
+    def set_image(self, frame):
+        self.t = next(t for t in range(len(self.clip.frames)) if np.array_equal(self.clip.frames[t], frame))
+
+    def predict(self, box=None, point_coords=None, point_labels=None, multimask_output=True):
+        masks = self.clip.masks[self.t]
+        if box is not None:
+            k = next(k for k, m in enumerate(masks) if m.any() and tuple(mask_box(m)) == tuple(box))
+        else:
+            x, y = point_coords[0]
+            k = int(np.argmax(masks[:, y, x]))
+        mask = self.answer(masks, k).astype(np.float32) * 2 - 1
+        n = 3 if multimask_output else 1
+        return np.repeat(mask[None], n, axis=0), np.arange(n, dtype=np.float32), None
+
+
+def test_probe_scores_segmentation_and_prompt_sensitivity(monkeypatch):
+    """An oracle decoder scores IoU 1 and distinct masks (sensitivity 0); a prompt-blind one that returns every
+    object for every prompt scores sensitivity 1."""
+    from sam2_model.train import probe
+
+    clip = evaluate.heldout_clip(2, 0, 12)
+    monkeypatch.setattr(probe, "heldout_clip", lambda seed, i, frames: clip)
+    monkeypatch.setattr(probe, "ImagePredictor", lambda model: _FakePredictor(clip, lambda masks, k: masks[k]))
+    oracle = probe.probe_model(None, clips=1)
+    assert oracle["objects"] >= 3 and oracle["pairs"] >= 1
+    assert oracle["box_iou"] == oracle["click_iou"] == 1.0 and oracle["same_mask_iou"] == 0.0
+    monkeypatch.setattr(probe, "ImagePredictor", lambda model: _FakePredictor(clip, lambda masks, k: masks.any(0)))
+    blind = probe.probe_model(None, clips=1)
+    assert blind["same_mask_iou"] == 1.0 and blind["box_iou"] < 0.9

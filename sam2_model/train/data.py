@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..video.frames import preprocess_frame
-from .synthetic import generate_clip
+from .synthetic import SyntheticClip, generate_clip
 
 TRAIN_SEED_BASE = 1 << 32
 """Every training clip's generator seed is at least this; held-out clips use smaller seeds."""
@@ -71,8 +71,8 @@ def resize_masks(masks: np.ndarray, image_size: int) -> Tensor:
     return t.reshape(*lead, image_size, image_size)
 
 
-def _render_video(rng: np.random.Generator, image_size: int, cfg: DataConfig, length: int):
-    """A synthetic video of random size, object count and events, as training draws them -> SyntheticClip."""
+def _render_video(rng: np.random.Generator, image_size: int, cfg: DataConfig, length: int) -> SyntheticClip:
+    """A synthetic video of random size, object count and events, as training draws them."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
     k = int(rng.integers(1, cfg.max_objects + 1))

@@ -31,10 +31,15 @@ def save_checkpoint(model: SAM2, path: str | os.PathLike, *, include_config: boo
     """Write `{"model": state_dict}` atomically. Custom (non-official) configs are stored beside the weights
     as a plain dict under "config" so `load_model` can rebuild them; official ones keep the exact official layout."""
     path = os.fspath(path)
-    payload: dict = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    payload: dict = {"model": cpu_state_dict(model)}
     if include_config if include_config is not None else model.config.name not in CONFIGS:
         payload["config"] = dataclasses.asdict(model.config)
     atomic_save(payload, path)
+
+
+def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state dict, detached and on the CPU (what a checkpoint stores)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def atomic_save(payload: dict, path: str | os.PathLike) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..checkpoint import atomic_save, save_checkpoint
+from ..checkpoint import atomic_save, cpu_state_dict, save_checkpoint
 from ..configs import SAM2Config
 from ..sam2 import SAM2
 from .data import DataConfig, sample_batch, sample_frames
@@ -190,9 +190,9 @@ class Trainer:
     def save(self, path: str) -> None:
         """Write the resumable state atomically (also a valid model checkpoint)."""
         atomic_save({
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "readout": {k: v.detach().cpu() for k, v in self.readout.state_dict().items()},
-            "ema": None if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
+            "model": cpu_state_dict(self.model),
+            "readout": cpu_state_dict(self.readout),
+            "ema": None if self.ema is None else cpu_state_dict(self.ema),
             "config": dataclasses.asdict(self.model.config),
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,

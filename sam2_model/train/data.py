@@ -110,7 +110,7 @@ def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, nu
         count = num_images // videos + (v < num_images % videos)
         length = max(cfg.source_frames // videos, 12, count)  # shorter videos when there are several
         clip = _render_video(rng, image_size, cfg, length)
-        drawn = 0
+        first = len(images)
         for t in np.sort(rng.choice(length, count, replace=False)):
             keep = np.flatnonzero(clip.masks[t].mean(axis=(1, 2)) >= cfg.min_area)
             if len(keep) == 0:
@@ -118,8 +118,7 @@ def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, nu
             clip_index += [len(images)] * len(keep)
             images.append(preprocess_frame(clip.frames[t], image_size))
             masks.append(resize_masks(clip.masks[t][keep], image_size))
-            drawn += 1
-        if not drawn:  # no drawn frame shows an object: frame 0 shows them all
+        if len(images) == first:  # no drawn frame of this video shows an object: frame 0 shows them all
             clip_index += [len(images)] * clip.masks.shape[1]
             images.append(preprocess_frame(clip.frames[0], image_size))
             masks.append(resize_masks(clip.masks[0], image_size))

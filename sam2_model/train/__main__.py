@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--prompt-attention-gain", type=float, help="init_prompt_attention's gain")
     parser.add_argument("--focal-weight", type=float, help="LossWeights.focal")
     parser.add_argument("--dice-weight", type=float, help="LossWeights.dice")
+    parser.add_argument("--presence-weight", type=float, help="LossWeights.presence")
     parser.add_argument("--embedding-penalty", type=float, help="LossWeights.embedding")
     parser.add_argument("--memory-readout", type=float, help="LossWeights.memory_readout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> Trainer:
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
     if args.image_videos is not None:
         recipe = recipe.replace(data=dataclasses.replace(recipe.data, image_videos=args.image_videos))
-    loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "embedding": args.embedding_penalty,
+    loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "presence": args.presence_weight,
+                    "embedding": args.embedding_penalty,
                     "memory_readout": args.memory_readout}
     loss_changes = {k: v for k, v in loss_changes.items() if v is not None}
     if loss_changes:

@@ -370,13 +370,25 @@ def test_cli_train_resume_and_evaluate(tmp_path):
     assert set(saved["modes"]) == set(evaluate.MODES) == set(report["modes"])
     for mode in saved["modes"].values():
         assert all(0.0 <= mode[k] <= 1.0 for k in ("J", "F", "JF", "presence"))
+    true_presence, mask = saved["modes"]["mask_true_presence"], saved["modes"]["mask"]
+    assert true_presence["J"] >= mask["J"] and true_presence["presence"] >= mask["presence"]
+
+
+def test_true_presence_blanks_only_the_frames_where_the_object_is_absent():
+    gt = np.zeros((3, 2, 4, 4), bool)
+    gt[0, :, 1, 1] = True  # both objects on frame 0
+    gt[2, 1, 2:, 2:] = True  # object 1 on frame 2; object 0 gone from frame 1 on, object 1 hidden on frame 1
+    pred = np.ones_like(gt)
+    out = evaluate.with_true_presence(pred, gt)
+    assert out[0].all() and out[2, 1].all()  # present: the prediction is kept, false positives included
+    assert not out[1].any() and not out[2, 0].any()
 
 
 def test_cli_passes_the_memory_path_options(tmp_path):
     args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
-            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--presence-weight", "4", "--image-warmup", "0.25",
-            "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3"]
+            "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--presence-weight", "4",
+            "--image-warmup", "0.25", "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3"]
     recipe = train_cli.main(args).recipe
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
     assert (recipe.loss.embedding, recipe.loss.memory_readout) == (0.01, 2.0)

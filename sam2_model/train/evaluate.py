@@ -10,6 +10,8 @@ presence accuracy (frames 1..T-1):
 - box: the ground-truth box on frame 0, propagated forward;
 - interactive: the box run, then `rounds` rounds of one click per object on its worst frame (centre of the
   largest error region), each followed by a new propagation;
+- mask_true_presence: the mask run with every mask blanked on the frames where the object is truly absent (a
+  diagnostic, not a mode a user has: what the mask run would score with a perfect presence head);
 - static: no model, the first-frame mask copied to every frame (the trivial baseline).
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .synthetic import SyntheticClip, generate_clip
 
 EVAL_SIZES = ((256, 256), (240, 320), (288, 384), (216, 384))  # (height, width), cycled over the clips
 SEED_STRIDE = 1_000_000
-MODES = ("mask", "box", "interactive", "static")
+MODES = ("mask", "box", "interactive", "mask_true_presence", "static")
 
 
 def heldout_seed(seed: int, index: int) -> int:
@@ -75,6 +77,11 @@ def correct_worst_frames(session: VideoSession, pred: np.ndarray, gt: np.ndarray
     return clicks
 
 
+def with_true_presence(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """T×K×H×W predicted masks with every mask blanked where the ground truth is empty."""
+    return pred & gt.any(axis=(2, 3), keepdims=True)
+
+
 def score(pred: np.ndarray, gt: np.ndarray) -> dict:
     """J, F, J&F per object and presence accuracy on frames 1..T-1 of T×K×H×W masks."""
     m = evaluate_masklets(pred, gt)
@@ -91,7 +98,9 @@ def evaluate_clip(model: SAM2, clip: SyntheticClip, rounds: int = 3) -> dict[str
     try:
         for obj in range(k):
             session.add_prompt(0, obj, mask=gt[0, obj])
-        results["mask"] = score(propagate(session, k), gt)
+        pred = propagate(session, k)
+        results["mask"] = score(pred, gt)
+        results["mask_true_presence"] = score(with_true_presence(pred, gt), gt)
         session.reset()  # keeps the cached frame features
         for obj in range(k):
             session.add_prompt(0, obj, box=mask_box(gt[0, obj]))
@@ -135,7 +144,8 @@ def evaluate_model(model: SAM2, clips: int, seed: int, num_frames: int = 32, rou
 def format_table(report: dict) -> str:
     """The modes as a fixed-width text table."""
     labels = {"mask": "first-frame mask", "box": "first-frame box",
-              "interactive": f"box + {report['rounds']} click rounds", "static": "static mask (baseline)"}
+              "interactive": f"box + {report['rounds']} click rounds", "mask_true_presence": "mask, true presence",
+              "static": "static mask (baseline)"}
     lines = [f"{'mode':<26}{'J':>7}{'F':>7}{'J&F':>7}{'presence':>10}"]
     for mode in MODES:
         m = report["modes"][mode]

@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     if args.image_videos is not None:
         recipe = recipe.replace(data=dataclasses.replace(recipe.data, image_videos=args.image_videos))
     loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "presence": args.presence_weight,
-                    "embedding": args.embedding_penalty,
-                    "memory_readout": args.memory_readout}
+                    "embedding": args.embedding_penalty, "memory_readout": args.memory_readout}
     loss_changes = {k: v for k, v in loss_changes.items() if v is not None}
     if loss_changes:
         recipe = recipe.replace(loss=dataclasses.replace(recipe.loss, **loss_changes))

@@ -143,6 +143,17 @@ def test_other_sizes_and_counts(size, k):
     assert background_mismatch(clip.frames, clip.masks) == 0.0
 
 
+def test_frame_indices_render_the_same_frames_as_the_whole_clip():
+    whole = generate_clip(3, 16, (48, 64), 2, leave_and_return=True)
+    part = generate_clip(3, 16, (48, 64), 2, leave_and_return=True, frame_indices=[9, 2, 15])
+    assert part.frames.shape[0] == 3
+    for i, t in enumerate([9, 2, 15]):
+        assert np.array_equal(part.frames[i], whole.frames[t]) and np.array_equal(part.masks[i], whole.masks[t])
+        assert np.array_equal(part.amodal_masks[i], whole.amodal_masks[t])
+    with pytest.raises(ValueError, match="frame indices"):
+        generate_clip(3, 16, (48, 64), 2, frame_indices=[16])
+
+
 def test_iter_frames_matches_generate_clip():
     clip = generate_clip(2, 16, (48, 64), 2, leave_and_return=True)
     for t, (frame, visible) in enumerate(iter_frames(2, 16, (48, 64), 2, leave_and_return=True)):

@@ -128,17 +128,18 @@ def test_image_steps_draw_frames_from_several_videos(monkeypatch):
     frames of one image step; every frame keeps its own objects."""
     from sam2_model.train import data as data_module
 
-    calls = []
+    calls, rendered = [], []
 
-    def counting(seed, length, *args, **kwargs):
-        calls.append((seed, length))
-        return generate_clip(seed, length, *args, **kwargs)
+    def counting(**video):
+        calls.append((video["seed"], video["num_frames"]))
+        rendered.append(len(video["frame_indices"]))
+        return generate_clip(**video)
 
     monkeypatch.setattr(data_module, "generate_clip", counting)
     cfg = dataclasses.replace(RECIPE.data, image_videos=4, source_frames=24)
     batch = sample_frames(np.random.default_rng(5), S, cfg, 8)
     assert len(calls) == 4 and len({seed for seed, _ in calls}) == 4
-    assert all(length == 12 for _, length in calls)
+    assert all(length == 12 for _, length in calls) and rendered == [2, 2, 2, 2]  # only the drawn frames
     assert 4 <= batch.images.shape[1] <= 8 and (batch.masks[0].flatten(1).sum(1) > 0).all()
     calls.clear()
     sample_frames(np.random.default_rng(5), S, dataclasses.replace(cfg, image_videos=1), 8)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..video.frames import preprocess_frame
-from .synthetic import SyntheticClip, generate_clip
+from .synthetic import generate_clip
 
 TRAIN_SEED_BASE = 1 << 32
 """Every training clip's generator seed is at least this; held-out clips use smaller seeds."""
@@ -71,14 +71,15 @@ def resize_masks(masks: np.ndarray, image_size: int) -> Tensor:
     return t.reshape(*lead, image_size, image_size)
 
 
-def _render_video(rng: np.random.Generator, image_size: int, cfg: DataConfig, length: int) -> SyntheticClip:
-    """A synthetic video of random size, object count and events, as training draws them."""
+def _draw_video(rng: np.random.Generator, image_size: int, cfg: DataConfig, length: int) -> dict:
+    """A synthetic video of random size, object count and events, as training draws them: `generate_clip`'s
+    arguments (render any of its frames with `generate_clip(**video, frame_indices=...)`)."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
     k = int(rng.integers(1, cfg.max_objects + 1))
-    return generate_clip(TRAIN_SEED_BASE + int(rng.integers(1 << 62)), length, (h, w), k,
-                         occlusion=bool(rng.random() < cfg.p_occlusion),
-                         leave_and_return=bool(length >= 12 and rng.random() < cfg.p_leave))
+    return dict(seed=TRAIN_SEED_BASE + int(rng.integers(1 << 62)), num_frames=length, size=(h, w), num_objects=k,
+                occlusion=bool(rng.random() < cfg.p_occlusion),
+                leave_and_return=bool(length >= 12 and rng.random() < cfg.p_leave))
 
 
 def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) -> tuple[Tensor, Tensor]:
@@ -86,17 +87,16 @@ def sample_window(rng: np.random.Generator, image_size: int, cfg: DataConfig) ->
     stride = int(rng.integers(1, cfg.max_stride + 1))
     span = (cfg.num_frames - 1) * stride + 1
     length = max(cfg.source_frames, span)
-    clip = _render_video(rng, image_size, cfg, length)
-    k = clip.masks.shape[1]
+    video = _draw_video(rng, image_size, cfg, length)
     start = int(rng.integers(length - span + 1))
-    frames = np.arange(start, start + span, stride)
-    area = clip.masks[frames[0]].mean(axis=(1, 2))
+    clip = generate_clip(**video, frame_indices=range(start, start + span, stride))  # only the window's frames
+    area = clip.masks[0].mean(axis=(1, 2))
     keep = np.flatnonzero(area >= cfg.min_area)
     if len(keep) == 0:  # every object is hidden or outside on that frame; frame 0 always shows them all
-        frames = frames - start
-        keep = np.arange(k)
-    images = torch.stack([preprocess_frame(clip.frames[t], image_size) for t in frames])
-    masks = resize_masks(clip.masks[frames][:, keep], image_size)
+        clip = generate_clip(**video, frame_indices=range(0, span, stride))
+        keep = np.arange(video["num_objects"])
+    images = torch.stack([preprocess_frame(frame, image_size) for frame in clip.frames])
+    masks = resize_masks(clip.masks[:, keep], image_size)
     return images, masks
 
 
@@ -109,17 +109,19 @@ def sample_frames(rng: np.random.Generator, image_size: int, cfg: DataConfig, nu
     for v in range(videos):
         count = num_images // videos + (v < num_images % videos)
         length = max(cfg.source_frames // videos, 12, count)  # shorter videos when there are several
-        clip = _render_video(rng, image_size, cfg, length)
+        video = _draw_video(rng, image_size, cfg, length)
+        clip = generate_clip(**video, frame_indices=np.sort(rng.choice(length, count, replace=False)))
         first = len(images)
-        for t in np.sort(rng.choice(length, count, replace=False)):
-            keep = np.flatnonzero(clip.masks[t].mean(axis=(1, 2)) >= cfg.min_area)
+        for frame, visible in zip(clip.frames, clip.masks):
+            keep = np.flatnonzero(visible.mean(axis=(1, 2)) >= cfg.min_area)
             if len(keep) == 0:
                 continue
             clip_index += [len(images)] * len(keep)
-            images.append(preprocess_frame(clip.frames[t], image_size))
-            masks.append(resize_masks(clip.masks[t][keep], image_size))
+            images.append(preprocess_frame(frame, image_size))
+            masks.append(resize_masks(visible[keep], image_size))
         if len(images) == first:  # no drawn frame of this video shows an object: frame 0 shows them all
-            clip_index += [len(images)] * clip.masks.shape[1]
+            clip = generate_clip(**video, frame_indices=[0])
+            clip_index += [len(images)] * video["num_objects"]
             images.append(preprocess_frame(clip.frames[0], image_size))
             masks.append(resize_masks(clip.masks[0], image_size))
     return ClipBatch(torch.stack(images)[None], torch.cat(masks)[None], torch.tensor(clip_index, dtype=torch.long))

@@ -17,7 +17,7 @@ Guarantees, by construction:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -428,18 +428,24 @@ def generate_clip(
     occlusion: bool = True,
     leave_and_return: bool = False,
     fps: float = 24.0,
+    frame_indices: Sequence[int] | None = None,
 ) -> SyntheticClip:
-    """Render a whole clip in memory. size: (height, width). Same arguments -> identical arrays.
+    """Render a clip in memory. size: (height, width). Same arguments -> identical arrays.
 
     leave_and_return needs num_frames >= 12; with one object there is nothing to occlude.
+    frame_indices: render only these frames of the num_frames-frame video, in this order (the clip's arrays then
+    hold len(frame_indices) frames; each is identical to that frame of the whole clip).
     """
+    indices = range(num_frames) if frame_indices is None else [int(t) for t in frame_indices]
+    if any(not 0 <= t < num_frames for t in indices):
+        raise ValueError(f"frame indices must lie in [0, {num_frames}), got {list(indices)}")
     scene = _build_scene(seed, num_frames, size, num_objects, occlusion, leave_and_return)
     h, w = size
-    frames = np.zeros((num_frames, h, w, 3), np.uint8)  # zeros: calloc'd pages fill much faster than empty
-    masks = np.zeros((num_frames, num_objects, h, w), bool)
+    frames = np.zeros((len(indices), h, w, 3), np.uint8)  # zeros: calloc'd pages fill much faster than empty
+    masks = np.zeros((len(indices), num_objects, h, w), bool)
     amodal = np.zeros_like(masks)
-    for t in range(num_frames):
-        scene.render(t, frames[t], masks[t], amodal[t])
+    for i, t in enumerate(indices):
+        scene.render(t, frames[i], masks[i], amodal[i])
     return SyntheticClip(frames, masks, float(fps), amodal)
 
 

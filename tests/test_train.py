@@ -81,6 +81,10 @@ def test_absent_objects_get_only_the_presence_term():
     only_first = mask_prediction_loss(multimasks[:1], torch.zeros(1, 1), torch.tensor([[0.0]]), target[:1])
     assert out["dice"].item() == pytest.approx(only_first["dice"].item() / 2)  # averaged over both objects
     assert out["presence"].item() == pytest.approx(math.log(2))
+    scores = torch.tensor([[2.0], [1.0]])  # the absent object's term weighs `absent` times the present one's
+    weighted = mask_prediction_loss(multimasks, torch.zeros(2, 1), scores, target, LossWeights(absent=10.0))
+    expected = (math.log1p(math.exp(-2.0)) + 10 * math.log1p(math.exp(1.0))) / 2
+    assert weighted["presence"].item() == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------------------------------------------- prompts

@@ -337,6 +337,20 @@ def test_resume_gives_the_same_next_step(tmp_path):
         Trainer.load(str(tmp_path / "s.pt"), RECIPE.replace(lr=1.0))
 
 
+def test_prefetched_data_trains_the_same_model(tmp_path):
+    """A second process drawing each next step's data ahead changes nothing: same steps, same weights."""
+    recipe = RECIPE.replace(p_image=0.5)  # image and video steps both
+    plain, prefetched = Trainer(recipe, seed=3), Trainer(recipe, seed=3)
+    plain.fit(str(tmp_path / "a.pt"), steps=4, progress=False, log_path=str(tmp_path / "a.jsonl"), log_every=1)
+    prefetched.fit(str(tmp_path / "b.pt"), steps=4, progress=False, log_path=str(tmp_path / "b.jsonl"), log_every=1,
+                   prefetch=True)
+    assert prefetched.step == 4
+    logs = [[json.loads(line)["prompts"] for line in open(tmp_path / f"{n}.jsonl")] for n in "ab"]
+    assert logs[0] == logs[1] and len({next(iter(p)) for p in logs[0]}) > 1  # the same image and video steps
+    for a, b in zip(plain.model.parameters(), prefetched.model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_ema_model_is_written_and_resumed(tmp_path):
     """ema_decay d: the written model holds e_1 = w_1, e_n = d·e_(n-1) + (1 - d)·w_n over the trained weights
     w_n after step n; the state file keeps the trained weights and the average, so a resumed run goes on alike."""
@@ -363,7 +377,8 @@ def test_ema_model_is_written_and_resumed(tmp_path):
 def test_cli_train_resume_and_evaluate(tmp_path):
     out = str(tmp_path / "demo" / "m.pt")
     train_cli.main(["--config", "test", "--out", out, "--steps", "2", "--log-every", "1", "--no-progress"])
-    trainer = train_cli.main(["--config", "test", "--out", out, "--steps", "3", "--resume", "--no-progress"])
+    trainer = train_cli.main(["--config", "test", "--out", out, "--steps", "3", "--resume", "--no-progress",
+                               "--prefetch"])
     assert trainer.step == 3
     lines = [json.loads(line) for line in open(tmp_path / "demo" / "m.log.jsonl")]
     assert [line["step"] for line in lines] == [1, 2, 3] and all(math.isfinite(line["loss"]) for line in lines)

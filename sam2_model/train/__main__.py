@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--memory-readout", type=float, help="LossWeights.memory_readout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--prefetch", action="store_true",
+                        help="draw each next step's data in a second process (for a run with a core to spare)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.minutes is None and args.steps is None:
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> Trainer:
             os.unlink(log)  # a fresh run starts a fresh log
         trainer = Trainer(recipe, seed=args.seed, device=args.device)
     trainer.fit(args.out, minutes=args.minutes, steps=args.steps, state_path=state, log_path=log,
-                log_every=args.log_every, checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress)
+                log_every=args.log_every, checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress,
+                  prefetch=args.prefetch)
     print(f"step {trainer.step}, {trainer.elapsed / 60:.1f} min: model {args.out}, state {state}, log {log}",
           file=sys.stderr)
     return trainer

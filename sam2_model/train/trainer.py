@@ -7,6 +7,7 @@ the uninterrupted run would have taken. The state file is also a loadable model 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,9 +22,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..checkpoint import atomic_save, cpu_state_dict, save_checkpoint
 from ..configs import SAM2Config
 from ..sam2 import SAM2
-from .data import DataConfig, sample_batch, sample_frames
+from .data import DataConfig
 from .losses import LossWeights
-from .unroll import ClipUnroll, sample_plan
+from .step_data import DataPrefetcher, StepData, draw_step
+from .unroll import ClipUnroll
 
 LOG_TERMS = ("loss", "focal", "dice", "iou", "presence")
 
@@ -146,22 +148,14 @@ class Trainer:
         cosine = 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
         return r.lr * (r.min_lr_ratio + (1 - r.min_lr_ratio) * cosine)
 
-    def train_step(self, progress: float = 0.0) -> dict[str, float | str]:
-        """Sample a clip and a prompt plan for this step, unroll, back-propagate, update. -> logged numbers."""
+    def train_step(self, progress: float = 0.0, data: StepData | None = None) -> dict[str, float | str]:
+        """Draw this step's data (unless `data` was drawn ahead, see `DataPrefetcher`), unroll, back-propagate,
+        update. -> logged numbers."""
         r = self.recipe
-        rng = np.random.default_rng([self.seed, self.step])
-        torch.manual_seed(int(rng.integers(1 << 62)))  # dropout
-        p_image = 1.0 if progress < r.image_warmup else r.p_image
-        if rng.random() < p_image:
-            batch = sample_frames(rng, r.model.image_size, r.data, r.data.num_frames * r.batch_clips)
-            plan = sample_plan(rng, 1, p_kinds=(0.0, *r.p_kinds[1:]), max_corrections=r.max_corrections)
-        else:
-            batch = sample_batch(rng, r.model.image_size, r.data, r.batch_clips)
-            min_pixels = r.data.min_area * r.model.image_size**2
-            visible = (batch.masks.flatten(2).sum(-1) >= min_pixels).all(dim=1).numpy()
-            plan = sample_plan(rng, batch.masks.shape[0], p_kinds=r.p_kinds, p_second_init=r.p_second_init,
-                               max_correction_frames=r.max_correction_frames, max_corrections=r.max_corrections,
-                               visible_frames=visible)
+        if data is None:
+            data = draw_step(r, self.seed, self.step, progress)
+        torch.manual_seed(data.torch_seed)  # dropout
+        batch, plan, rng = data.batch, data.plan, data.rng
         batch = batch.to(self.device)
         result = ClipUnroll(self.model, batch, plan, rng, r.loss, self.readout).run()
         lr = self.lr_at(progress)
@@ -228,11 +222,13 @@ class Trainer:
         log_every: int = 10,
         checkpoint_minutes: float = 5.0,
         progress: bool = True,
+        prefetch: bool = False,
     ) -> None:
         """Train until `steps` steps or `minutes` of training time (counted over resumed runs), whichever comes
         first. The learning-rate schedule follows steps when given, else training time. Every
         `checkpoint_minutes` and at the end: the state goes to `state_path` and the model (config included) to
-        `out`. Every `log_every` steps the averaged numbers are appended to `log_path` as a JSON line."""
+        `out`. Every `log_every` steps the averaged numbers are appended to `log_path` as a JSON line.
+        prefetch: draw each next step's data in a second process (`DataPrefetcher`; worth it with a free core)."""
         if minutes is None and steps is None:
             raise ValueError("give minutes, steps, or both")
         budget = minutes * 60 if minutes is not None else math.inf
@@ -245,19 +241,24 @@ class Trainer:
         started, spent_before = time.monotonic(), self.elapsed
         last_checkpoint = started
         window: list[dict] = []
-        while (steps is None or self.step < steps) and self.elapsed < budget:
-            frac = self.step / steps if steps is not None else self.elapsed / budget
-            stats = self.train_step(frac)
-            self.elapsed = spent_before + time.monotonic() - started
-            window.append(stats)
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", min=f"{self.elapsed / 60:.1f}")
-            if len(window) >= log_every:
-                self._log(log_path, window)
-                window = []
-            if time.monotonic() - last_checkpoint >= checkpoint_minutes * 60:
-                self._checkpoint(out, state_path)
-                last_checkpoint = time.monotonic()
+        with DataPrefetcher(self.recipe, self.seed) if prefetch else contextlib.nullcontext() as prefetcher:
+            while (steps is None or self.step < steps) and self.elapsed < budget:
+                frac = self.step / steps if steps is not None else self.elapsed / budget
+                data = None
+                if prefetcher is not None:
+                    next_frac = (self.step + 1) / steps if steps is not None else frac
+                    data = prefetcher.get(self.step, frac, next_frac)
+                stats = self.train_step(frac, data)
+                self.elapsed = spent_before + time.monotonic() - started
+                window.append(stats)
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", lr=f"{stats['lr']:.1e}", min=f"{self.elapsed / 60:.1f}")
+                if len(window) >= log_every:
+                    self._log(log_path, window)
+                    window = []
+                if time.monotonic() - last_checkpoint >= checkpoint_minutes * 60:
+                    self._checkpoint(out, state_path)
+                    last_checkpoint = time.monotonic()
         if window:
             self._log(log_path, window)
         self._checkpoint(out, state_path)

@@ -57,7 +57,8 @@ def _init_worker() -> None:
 
 
 class DataPrefetcher:
-    """Draws the next step's data in one worker process (started with "spawn": no forked torch thread pools).
+    """Draws the next step's data in one forked worker process (as torch's DataLoader workers: "spawn" would
+    re-run a calling script that lacks an `if __name__ == "__main__":` guard).
 
     `get(step, progress)` returns step `step`'s data and starts drawing step + 1's; `next_progress` is the
     progress the next step will run at (it only matters during an image warmup). Use as a context manager.
@@ -65,7 +66,7 @@ class DataPrefetcher:
 
     def __init__(self, recipe: Recipe, seed: int):
         self.recipe, self.seed = recipe, seed
-        self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_init_worker)
+        self._pool = multiprocessing.get_context("fork").Pool(1, initializer=_init_worker)
         self._pending: tuple[int, AsyncResult] | None = None
 
     def get(self, step: int, progress: float, next_progress: float) -> StepData:

@@ -83,14 +83,25 @@ class RoPEAttention(Attention):
     def forward(
         self, q: Tensor, k: Tensor, v: Tensor, rope: RopeTable, num_k_exclude_rope: int = 0
     ) -> Tensor:
+        q, k = self._rotated(q, k, rope, num_k_exclude_rope)
+        if self._project_values_last(q):
+            return self.out_proj(self.merge_heads(self._attend_then_project_values(q, k, v)))
+        return self.attend(q, k, self.split_heads(self.v_proj(v)))
+
+    def attention_weights(self, q: Tensor, k: Tensor, rope: RopeTable, num_k_exclude_rope: int = 0) -> Tensor:
+        """The attention matrix of `forward(q, k, v, rope, num_k_exclude_rope)`: B×h×Nq×Nk, rows summing to 1
+        (a diagnostic: `forward` never materialises it on the fused path)."""
+        q, k = self._rotated(q, k, rope, num_k_exclude_rope)
+        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+
+    def _rotated(self, q: Tensor, k: Tensor, rope: RopeTable, num_k_exclude_rope: int) -> tuple[Tensor, Tensor]:
+        """Project and split q and k into heads and rotate them: B×h×Nq×c, B×h×Nk×c."""
         q = apply_rope(self.split_heads(self.q_proj(q)), rope)
         k = self.split_heads(self.k_proj(k))
         num_rope = k.shape[-2] - num_k_exclude_rope
         if num_rope > 0:
             k = torch.cat((apply_rope(k[:, :, :num_rope], rope), k[:, :, num_rope:]), dim=2)
-        if self._project_values_last(q):
-            return self.out_proj(self.merge_heads(self._attend_then_project_values(q, k, v)))
-        return self.attend(q, k, self.split_heads(self.v_proj(v)))
+        return q, k
 
     def _project_values_last(self, q: Tensor) -> bool:
         """On the CPU in reduced precision, attend over the memories when they are narrower than the projected

@@ -138,3 +138,15 @@ def test_rope_table_cached_and_square_only():
     assert cos.shape == sin.shape == (256, 8) and cos.dtype == torch.float32
     with pytest.raises(ValueError):
         rope(250, torch.device("cpu"))
+
+
+def test_attention_weights_are_the_ones_forward_applies():
+    """attention_weights(q, k) · values, merged and projected, is forward's output (pointer keys unrotated)."""
+    torch.manual_seed(0)
+    layer = MemoryAttention(custom_config(d_model=32, memory_dim=16)).layers[0].cross_attn_image.eval()
+    rope = AxialRoPE(32)(16, torch.device("cpu"))
+    q, k = torch.randn(2, 16, 32), torch.randn(2, 2 * 16 + 4, 16)  # two 4×4 memory grids and 4 pointer tokens
+    weights = layer.attention_weights(q, k, rope, num_k_exclude_rope=4)
+    assert weights.shape == (2, 1, 16, 36) and torch.allclose(weights.sum(-1), torch.ones(2, 1, 16))
+    expected = layer.out_proj(layer.merge_heads(weights @ layer.split_heads(layer.v_proj(k))))
+    torch.testing.assert_close(layer(q, k, k, rope, num_k_exclude_rope=4), expected, atol=1e-5, rtol=1e-5)

@@ -18,7 +18,7 @@ from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, mask_io
                                      memory_readout_loss)
 from sam2_model.train.prompts import center_error_click, mask_box, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
-from sam2_model.train.recipes import MICRO_CONFIG, RECIPES
+from sam2_model.train.recipes import MICRO_CONFIG, RECIPES, TEST_CONFIG
 from sam2_model.train.trainer import Trainer, init_memory_path, init_prompt_attention
 from sam2_model.train.unroll import ClipUnroll, PromptPlan, sample_plan
 from sam2_model.video.frames import preprocess_frame
@@ -462,3 +462,18 @@ def test_probe_scores_segmentation_and_prompt_sensitivity(monkeypatch):
     monkeypatch.setattr(probe, "ImagePredictor", lambda model: _FakePredictor(clip, lambda masks, k: masks.any(0)))
     blind = probe.probe_model(None, clips=1)
     assert blind["same_mask_iou"] == 1.0 and blind["box_iou"] < 0.9
+
+
+def test_memory_attention_focus_sees_the_positional_initialisation():
+    """init_memory_path's attention bias makes memory attention copy each position's own memory: the probe's
+    focus measure sees it (own-position mass up, entropy down) against the default initialisation."""
+    from sam2_model.train import probe
+
+    torch.manual_seed(0)
+    model = SAM2(TEST_CONFIG).eval()
+    default = probe.memory_attention_focus(model, clips=1, num_frames=12)
+    init_memory_path(model, attention_bias=5.0)
+    positional = probe.memory_attention_focus(model, clips=1, num_frames=12)
+    assert positional["same_position"] > 0.5 > 0.2 > default["same_position"]
+    assert positional["entropy"] < 0.5 < 0.9 < default["entropy"]
+    assert 0 < default["pointers"] < 1 and positional["pointers"] < default["pointers"]

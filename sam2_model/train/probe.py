@@ -9,10 +9,14 @@ is prompted alone:
 - click IoU: the best-scored of three masks from one positive click at its centre (`center_error_click`);
 - prompt sensitivity: the IoU between the box masks of two different objects of the same frame, averaged over
   pairs; 1 means the decoder gives every object the same mask, whatever the box.
+
+And where memory attention looks while the first-frame masks of a few clips are propagated
+(`memory_attention_focus`): is the memory read by content, or copied from the query's own position?
 """
 from __future__ import annotations
 
 import argparse
+import math
 from itertools import combinations
 
 import numpy as np
@@ -21,7 +25,8 @@ import torch
 from ..checkpoint import load_model
 from ..image_predictor import ImagePredictor
 from ..sam2 import SAM2
-from .evaluate import heldout_clip
+from ..video.predictor import VideoPredictor
+from .evaluate import heldout_clip, propagate
 from .metrics import region_similarity
 from .prompts import center_error_click, mask_box
 
@@ -53,6 +58,41 @@ def probe_model(model: SAM2, clips: int = 12, seed: int = 2) -> dict[str, float]
             "objects": len(box_iou), "pairs": len(same)}
 
 
+def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frames: int = 16) -> dict[str, float]:
+    """Memory cross-attention while the first-frame masks of `clips` held-out clips are propagated, averaged over
+    layers, heads, queries and tracked frames: {"same_position": attention on the spatial memories at the query's
+    own position (summed over memory frames), "pointers": on the object-pointer tokens, "entropy": row entropy
+    over log(keys), 1 for uniform attention}."""
+    sums = {"same_position": [], "pointers": [], "entropy": []}
+
+    def record(attn, args) -> None:
+        query, key, _, rope, num_pointers = args
+        weights = attn.attention_weights(query, key, rope, num_pointers)  # B×h×Nq×Nk
+        cells = torch.arange(query.shape[1])
+        spatial = key.shape[1] - num_pointers
+        same = sum(weights[..., cells, f * len(cells) + cells] for f in range(spatial // len(cells)))
+        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(weights.shape[-1])
+        for name, value in (("same_position", same), ("pointers", weights[..., spatial:].sum(-1)),
+                            ("entropy", entropy)):
+            sums[name].append(float(value.mean()))
+
+    hooks = [layer.cross_attn_image.register_forward_pre_hook(record) for layer in model.memory_attention.layers]
+    try:
+        for i in range(clips):
+            clip = heldout_clip(seed, i, num_frames)
+            session = VideoPredictor(model).open(clip.frames)
+            try:
+                for obj in range(clip.masks.shape[1]):
+                    session.add_prompt(0, obj, mask=clip.masks[0, obj])
+                propagate(session, clip.masks.shape[1])
+            finally:
+                session.close()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: float(np.mean(values)) for name, values in sums.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m sam2_model.train.probe", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -62,11 +102,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = probe_model(load_model(args.checkpoint).eval(), args.clips, args.seed)
+    model = load_model(args.checkpoint).eval()
+    report = probe_model(model, args.clips, args.seed)
     print(f"{args.checkpoint}: box IoU {report['box_iou']:.3f}, click IoU {report['click_iou']:.3f} "
           f"({report['objects']} objects); masks of two objects of one frame: IoU {report['same_mask_iou']:.3f} "
           f"({report['pairs']} pairs)")
-    return report
+    focus = memory_attention_focus(model)
+    print(f"memory attention: {focus['same_position']:.0%} on the query's own position, {focus['pointers']:.1%} on "
+          f"object pointers, entropy {focus['entropy']:.2f} of uniform")
+    return {**report, **{f"memory_{name}": value for name, value in focus.items()}}
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ class DataPrefetcher:
     """Draws the next step's data in one forked worker process (as torch's DataLoader workers: "spawn" would
     re-run a calling script that lacks an `if __name__ == "__main__":` guard).
 
-    `get(step, progress)` returns step `step`'s data and starts drawing step + 1's; `next_progress` is the
-    progress the next step will run at (it only matters during an image warmup). Use as a context manager.
+    `get(step, progress, next_progress)` returns step `step`'s data and starts drawing step + 1's at
+    `next_progress`, the progress the next step will run at. Progress only matters during an image warmup; with a
+    time budget the next step's progress is not known yet and the caller passes the current one, so the warmup's
+    last image step may come one step later than without prefetching. Use as a context manager.
     """
 
     def __init__(self, recipe: Recipe, seed: int):

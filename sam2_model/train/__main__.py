@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         trainer = Trainer(recipe, seed=args.seed, device=args.device)
     trainer.fit(args.out, minutes=args.minutes, steps=args.steps, state_path=state, log_path=log,
                 log_every=args.log_every, checkpoint_minutes=args.checkpoint_minutes, progress=not args.no_progress,
-                  prefetch=args.prefetch)
+                prefetch=args.prefetch)
     print(f"step {trainer.step}, {trainer.elapsed / 60:.1f} min: model {args.out}, state {state}, log {log}",
           file=sys.stderr)
     return trainer

@@ -63,7 +63,7 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
     layers, heads, queries and tracked frames: {"same_position": attention on the spatial memories at the query's
     own position (summed over memory frames), "pointers": on the object-pointer tokens, "entropy": row entropy
     over log(keys), 1 for uniform attention}."""
-    sums = {"same_position": [], "pointers": [], "entropy": []}
+    means: dict[str, list[float]] = {"same_position": [], "pointers": [], "entropy": []}  # one per call
 
     def record(attn, args) -> None:
         query, key, _, rope, num_pointers = args
@@ -74,7 +74,7 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
         entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(weights.shape[-1])
         for name, value in (("same_position", same), ("pointers", weights[..., spatial:].sum(-1)),
                             ("entropy", entropy)):
-            sums[name].append(float(value.mean()))
+            means[name].append(float(value.mean()))
 
     hooks = [layer.cross_attn_image.register_forward_pre_hook(record) for layer in model.memory_attention.layers]
     try:
@@ -90,7 +90,7 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: float(np.mean(values)) for name, values in sums.items()}
+    return {name: float(np.mean(values)) for name, values in means.items()}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -12,6 +12,7 @@ from sam2_model.train.metrics import (
     evaluate_masklets,
     presence_accuracy,
     region_similarity,
+    wrong_object_rate,
 )
 
 
@@ -112,3 +113,24 @@ def test_presence_accuracy():
     assert presence_accuracy(masks, gt) == 0.75
     with pytest.raises(ValueError):
         presence_accuracy(pred[:1], gt)
+
+
+def test_wrong_object_rate_counts_predictions_that_follow_a_neighbour():
+    gt = np.zeros((2, 2, 8, 8), bool)  # T=2, K=2
+    gt[:, 0] = box(8, 8, 0, 4, 0, 4)
+    gt[:, 1] = box(8, 8, 4, 8, 4, 8)
+    pred = gt.copy()
+    assert wrong_object_rate(pred, gt) == 0.0
+    pred[1, 0] = gt[1, 1]  # frame 1: object 0's mask has switched onto object 1
+    assert wrong_object_rate(pred, gt) == 0.25
+    pred[1, 0] = box(8, 8, 0, 8, 0, 8)  # 16 of 64 pixels on object 1: not mostly on it
+    assert wrong_object_rate(pred, gt) == 0.0
+    pred[1, 0] = box(8, 8, 4, 8, 0, 8)  # 16 of 32 on object 1: exactly half is not more than half
+    assert wrong_object_rate(pred, gt) == 0.0
+    pred[1, 0] = box(8, 8, 3, 8, 4, 8)  # 16 of 20 on object 1
+    assert wrong_object_rate(pred, gt) == 0.25
+    pred[1, 0] = False  # an empty prediction is a presence error, not a switch
+    assert wrong_object_rate(pred, gt) == 0.0
+    assert wrong_object_rate(gt[:, :1], gt[:, :1]) == 0.0  # one object: nothing to switch to
+    with pytest.raises(ValueError):
+        wrong_object_rate(pred[:1], gt)

@@ -389,7 +389,7 @@ def test_cli_train_resume_and_evaluate(tmp_path):
     saved = json.load(open(tmp_path / "eval.json"))
     assert set(saved["modes"]) == set(evaluate.MODES) == set(report["modes"])
     for mode in saved["modes"].values():
-        assert all(0.0 <= mode[k] <= 1.0 for k in ("J", "F", "JF", "presence"))
+        assert all(0.0 <= mode[k] <= 1.0 for k in ("J", "F", "JF", "presence", "wrong_object"))
     true_presence, mask = saved["modes"]["mask_true_presence"], saved["modes"]["mask"]
     assert true_presence["J"] >= mask["J"] and true_presence["presence"] >= mask["presence"]
 

@@ -5,7 +5,7 @@
 Held-out clip i of seed s has generator seed s·10⁶ + i (< 2**32, while every training clip's seed is ≥ 2**32),
 cycles through several frame sizes and 2 or 3 objects, and always contains an occlusion and an object leaving
 and re-entering the frame. Modes, each scored with DAVIS J, F, J&F (first and last frame excluded) and object
-presence accuracy (frames 1..T-1):
+presence accuracy and wrong-object rate (frames 1..T-1; `metrics.wrong_object_rate`):
 - mask: the ground-truth mask of every object on frame 0, propagated forward;
 - box: the ground-truth box on frame 0, propagated forward;
 - interactive: the box run, then `rounds` rounds of one click per object on its worst frame (centre of the
@@ -29,7 +29,7 @@ from ..sam2 import SAM2
 from ..video.predictor import VideoPredictor
 from ..video.session import VideoSession
 from .data import TRAIN_SEED_BASE
-from .metrics import evaluate_masklets, presence_accuracy, region_similarity
+from .metrics import evaluate_masklets, presence_accuracy, region_similarity, wrong_object_rate
 from .prompts import center_error_click, mask_box
 from .synthetic import SyntheticClip, generate_clip
 
@@ -83,10 +83,10 @@ def with_true_presence(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def score(pred: np.ndarray, gt: np.ndarray) -> dict:
-    """J, F, J&F per object and presence accuracy on frames 1..T-1 of T×K×H×W masks."""
+    """J, F per object; presence accuracy and wrong-object rate on frames 1..T-1 of T×K×H×W masks."""
     m = evaluate_masklets(pred, gt)
     return {"J": m["J_per_object"].tolist(), "F": m["F_per_object"].tolist(),
-            "presence": presence_accuracy(pred[1:], gt[1:])}
+            "presence": presence_accuracy(pred[1:], gt[1:]), "wrong_object": wrong_object_rate(pred[1:], gt[1:])}
 
 
 def evaluate_clip(model: SAM2, clip: SyntheticClip, rounds: int = 3) -> dict[str, dict]:
@@ -121,9 +121,10 @@ def evaluate_clip(model: SAM2, clip: SyntheticClip, rounds: int = 3) -> dict[str
 
 def evaluate_model(model: SAM2, clips: int, seed: int, num_frames: int = 32, rounds: int = 3,
                    progress: bool = False) -> dict:
-    """Evaluate every mode over `clips` held-out clips. -> {"modes": {mode: {J, F, JF, presence}}, "clips": [...]}.
+    """Evaluate every mode over `clips` held-out clips.
+    -> {"modes": {mode: {J, F, JF, presence, wrong_object}}, "per_clip": [...], ...}.
 
-    J, F and J&F average over all objects of all clips; presence averages over clips."""
+    J, F and J&F average over all objects of all clips; presence and wrong_object average over clips."""
     per_clip = []
     for i in range(clips):
         clip = heldout_clip(seed, i, num_frames)
@@ -136,7 +137,7 @@ def evaluate_model(model: SAM2, clips: int, seed: int, num_frames: int = 32, rou
         j = np.concatenate([c[mode]["J"] for c in per_clip])
         f = np.concatenate([c[mode]["F"] for c in per_clip])
         modes[mode] = {"J": float(j.mean()), "F": float(f.mean()), "JF": float((j.mean() + f.mean()) / 2),
-                       "presence": float(np.mean([c[mode]["presence"] for c in per_clip]))}
+                       **{k: float(np.mean([c[mode][k] for c in per_clip])) for k in ("presence", "wrong_object")}}
     return {"clips": clips, "seed": seed, "frames": num_frames, "rounds": rounds, "modes": modes,
             "per_clip": per_clip}
 
@@ -146,10 +147,11 @@ def format_table(report: dict) -> str:
     labels = {"mask": "first-frame mask", "box": "first-frame box",
               "interactive": f"box + {report['rounds']} click rounds", "mask_true_presence": "mask, true presence",
               "static": "static mask (baseline)"}
-    lines = [f"{'mode':<26}{'J':>7}{'F':>7}{'J&F':>7}{'presence':>10}"]
+    lines = [f"{'mode':<26}{'J':>7}{'F':>7}{'J&F':>7}{'presence':>10}{'wrong obj':>11}"]
     for mode in MODES:
         m = report["modes"][mode]
-        lines.append(f"{labels[mode]:<26}{m['J']:>7.3f}{m['F']:>7.3f}{m['JF']:>7.3f}{m['presence']:>10.3f}")
+        lines.append(f"{labels[mode]:<26}{m['J']:>7.3f}{m['F']:>7.3f}{m['JF']:>7.3f}{m['presence']:>10.3f}"
+                     f"{m['wrong_object']:>11.3f}")
     return "\n".join(lines)
 
 

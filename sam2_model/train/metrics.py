@@ -1,4 +1,5 @@
-"""DAVIS-style video object segmentation metrics: region similarity J, contour accuracy F, J&F, presence accuracy.
+"""DAVIS-style video object segmentation metrics: region similarity J, contour accuracy F, J&F, presence accuracy,
+and the wrong-object rate (identity switches).
 
 Conventions follow the DAVIS benchmark (Perazzi et al. 2016; davis2017-evaluation):
 - J is the IoU of the predicted and ground-truth masks; J = 1 when both are empty.
@@ -122,3 +123,19 @@ def presence_accuracy(pred_visible: np.ndarray, gt_visible: np.ndarray) -> float
 def _presence(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=bool)
     return x.any(axis=(-2, -1)) if x.ndim == 4 else x
+
+
+def wrong_object_rate(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Fraction of (frame, object) entries of T×K×H×W bool masks whose prediction lies mostly (more than half of
+    its pixels) on the ground truth of the *other* objects: the tracker has switched to a neighbour. An empty
+    prediction is never wrong here (presence accuracy counts it)."""
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape or pred.ndim != 4:
+        raise ValueError(f"pred and gt must both be T×K×H×W, got {pred.shape} and {gt.shape}")
+    area = pred.sum(axis=(2, 3))  # T×K
+    wrong = np.zeros(area.shape, bool)
+    for k in range(gt.shape[1]):
+        others = np.delete(gt, k, axis=1).any(axis=1)  # T×H×W: pixels of the other objects
+        on_others = (pred[:, k] & others).sum(axis=(1, 2))
+        wrong[:, k] = 2 * on_others > area[:, k]
+    return float(wrong.mean())

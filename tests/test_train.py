@@ -150,6 +150,25 @@ def test_image_steps_draw_frames_from_several_videos(monkeypatch):
     assert calls and all(length == 24 for _, length in calls) and len(calls) == 1
 
 
+def test_min_objects_sets_the_fewest_objects_per_video(monkeypatch):
+    from sam2_model.train import data as data_module
+
+    counts = []
+
+    def counting(**video):
+        counts.append(video["num_objects"])
+        return generate_clip(**video)
+
+    monkeypatch.setattr(data_module, "generate_clip", counting)
+    rng = np.random.default_rng(0)
+    for min_objects in (1, 2):
+        counts.clear()
+        cfg = dataclasses.replace(RECIPE.data, min_objects=min_objects, max_objects=3)
+        for _ in range(12):
+            sample_window(rng, S, cfg)
+        assert min(counts) == min_objects and max(counts) == 3
+
+
 def test_image_step_without_visible_objects_uses_frame_zero():
     """Every drawn frame below min_area (objects gone or tiny): frame 0, where all objects show, stands in."""
     data = dataclasses.replace(RECIPE.data, min_area=1.0)  # no frame qualifies

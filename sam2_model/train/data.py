@@ -29,8 +29,9 @@ class DataConfig:
 
     num_frames: window length T; max_stride: frames are taken every 1..max_stride source frames;
     source_frames: length of the rendered video the window is cut from (≥ 12 for leave-and-return events);
-    side_range: video height and width, each drawn in [lo, hi] × image_size; max_objects: 1..max_objects per
-    video; p_occlusion / p_leave: chance of overlapping objects / an object leaving and re-entering;
+    side_range: video height and width, each drawn in [lo, hi] × image_size; min_objects..max_objects objects
+    per video (two or more: a tracked object always has a neighbour to confuse it with); p_occlusion / p_leave:
+    chance of overlapping objects / an object leaving and re-entering;
     min_area: fraction of the frame an object must cover on the window's first frame to be tracked;
     image_videos: how many videos an image step draws its frames from (more: more varied objects per step).
     """
@@ -39,6 +40,7 @@ class DataConfig:
     max_stride: int = 2
     source_frames: int = 24
     side_range: tuple[float, float] = (0.75, 1.75)
+    min_objects: int = 1
     max_objects: int = 3
     p_occlusion: float = 0.7
     p_leave: float = 0.5
@@ -76,7 +78,7 @@ def _draw_video(rng: np.random.Generator, image_size: int, cfg: DataConfig, leng
     arguments (render any of its frames with `generate_clip(**video, frame_indices=...)`)."""
     lo, hi = cfg.side_range
     h, w = (int(round(image_size * rng.uniform(lo, hi) / 2)) * 2 for _ in range(2))
-    k = int(rng.integers(1, cfg.max_objects + 1))
+    k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     return dict(seed=TRAIN_SEED_BASE + int(rng.integers(1 << 62)), num_frames=length, size=(h, w), num_objects=k,
                 occlusion=bool(rng.random() < cfg.p_occlusion),
                 leave_and_return=bool(length >= 12 and rng.random() < cfg.p_leave))

@@ -393,7 +393,7 @@ def test_ema_model_is_written_and_resumed(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_cli_train_resume_and_evaluate(tmp_path):
+def test_cli_train_resume_and_evaluate(tmp_path, capsys):
     out = str(tmp_path / "demo" / "m.pt")
     train_cli.main(["--config", "test", "--out", out, "--steps", "2", "--log-every", "1", "--no-progress"])
     trainer = train_cli.main(["--config", "test", "--out", out, "--steps", "3", "--resume", "--no-progress",
@@ -403,14 +403,34 @@ def test_cli_train_resume_and_evaluate(tmp_path):
     assert [line["step"] for line in lines] == [1, 2, 3] and all(math.isfinite(line["loss"]) for line in lines)
     model = load_model(out)
     assert model.config == RECIPE.model
+    capsys.readouterr()
     report = evaluate.main(["--checkpoint", out, "--clips", "1", "--frames", "12", "--rounds", "1",
-                            "--json", str(tmp_path / "eval.json")])
+                            "--json", str(tmp_path / "eval.json"), "--strips", "1"])
+    printed = capsys.readouterr().out.splitlines()
+    strips = report["per_clip"][0]["mask"]["strips"]
+    assert len(strips) == len(report["per_clip"][0]["mask"]["J"]) and all(len(x) == 12 for x in strips)
+    assert printed[-len(strips):] == [f"clip 0, object {k}   {x}" for k, x in enumerate(strips)]
     saved = json.load(open(tmp_path / "eval.json"))
     assert set(saved["modes"]) == set(evaluate.MODES) == set(report["modes"])
     for mode in saved["modes"].values():
         assert all(0.0 <= mode[k] <= 1.0 for k in ("J", "F", "JF", "presence", "wrong_object"))
     true_presence, mask = saved["modes"]["mask_true_presence"], saved["modes"]["mask"]
     assert true_presence["J"] >= mask["J"] and true_presence["presence"] >= mask["presence"]
+
+
+def test_frame_strips_mark_each_frame_of_each_object():
+    gt = np.zeros((5, 2, 10, 10), bool)
+    gt[:, 0, :5, :5] = True  # object 0: top left, out of view on frames 3 and 4
+    gt[3:, 0] = False
+    gt[:, 1, 5:, 5:] = True  # object 1: bottom right
+    pred = gt.copy()
+    pred[1, 0, :5, :4] = False  # frame 1: IoU 1/5 -> "2"
+    pred[2, 0] = gt[2, 1]  # frame 2: on object 1 -> "W"
+    pred[3, 0] = gt[3, 1]  # frame 3: on object 1 while out of view -> "w"
+    pred[4, 0, 0, 0] = True  # frame 4: a mask while out of view -> "a"
+    pred[4, 1] = False  # object 1 missed on frame 4 -> "0"
+    gt[0, 1] = pred[0, 1] = False  # object 1 out of view and rightly empty on frame 0 -> "_"
+    assert evaluate.frame_strips(pred, gt) == ["92Wwa", "_9990"]
 
 
 def test_true_presence_blanks_only_the_frames_where_the_object_is_absent():

@@ -13,6 +13,9 @@ presence accuracy and wrong-object rate (frames 1..T-1; `metrics.wrong_object_ra
 - mask_true_presence: the mask run with every mask blanked on the frames where the object is truly absent (a
   diagnostic, not a mode a user has: what the mask run would score with a perfect presence head);
 - static: no model, the first-frame mask copied to every frame (the trivial baseline).
+
+`--strips N` also prints the mask run of the first N clips as one line per object, one character per frame
+(`frame_strips`): where it tracks, where it has switched to another object, where it misses an absence.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from ..sam2 import SAM2
 from ..video.predictor import VideoPredictor
 from ..video.session import VideoSession
 from .data import TRAIN_SEED_BASE
-from .metrics import evaluate_masklets, presence_accuracy, region_similarity, wrong_object_rate
+from .metrics import evaluate_masklets, on_other_objects, presence_accuracy, region_similarity, wrong_object_rate
 from .prompts import center_error_click, mask_box
 from .synthetic import SyntheticClip, generate_clip
 
@@ -82,6 +85,27 @@ def with_true_presence(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return pred & gt.any(axis=(2, 3), keepdims=True)
 
 
+def frame_strips(pred: np.ndarray, gt: np.ndarray) -> list[str]:
+    """One string per object of T×K×H×W masks, one character per frame: the IoU × 10 as a digit (9 from 0.9 on)
+    where the object shows, `W` where its mask lies mostly on another object (`w`: the same while the object is
+    out of view), `a` any other mask while it is out of view, `_` out of view and rightly empty."""
+    wrong = on_other_objects(pred, gt)
+    shown = gt.any(axis=(2, 3))
+    predicted = pred.any(axis=(2, 3))
+    strips = []
+    for k in range(gt.shape[1]):
+        chars = []
+        for t in range(gt.shape[0]):
+            if wrong[t, k]:
+                chars.append("W" if shown[t, k] else "w")
+            elif not shown[t, k]:
+                chars.append("a" if predicted[t, k] else "_")
+            else:
+                chars.append(str(min(9, int(region_similarity(pred[t, k], gt[t, k]) * 10))))
+        strips.append("".join(chars))
+    return strips
+
+
 def score(pred: np.ndarray, gt: np.ndarray) -> dict:
     """J, F per object; presence accuracy and wrong-object rate on frames 1..T-1 of T×K×H×W masks."""
     m = evaluate_masklets(pred, gt)
@@ -100,6 +124,7 @@ def evaluate_clip(model: SAM2, clip: SyntheticClip, rounds: int = 3) -> dict[str
             session.add_prompt(0, obj, mask=gt[0, obj])
         pred = propagate(session, k)
         results["mask"] = score(pred, gt)
+        results["mask"]["strips"] = frame_strips(pred, gt)
         results["mask_true_presence"] = score(with_true_presence(pred, gt), gt)
         session.reset()  # keeps the cached frame features
         for obj in range(k):
@@ -163,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--frames", type=int, default=32, help="frames per clip (≥ 12)")
     parser.add_argument("--rounds", type=int, default=3, help="interactive correction rounds")
     parser.add_argument("--json", help="also write the full report (per clip and object) here")
+    parser.add_argument("--strips", type=int, default=0, metavar="N",
+                        help="print the mask run's frame strips (evaluate.frame_strips) of the first N clips")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -174,6 +201,9 @@ def main(argv: list[str] | None = None) -> dict:
     report["checkpoint"] = args.checkpoint
     report["seconds"] = round(time.monotonic() - started, 1)
     print(format_table(report))
+    for i, clip in enumerate(report["per_clip"][:args.strips]):
+        for k, strip in enumerate(clip["mask"]["strips"]):
+            print(f"clip {i}, object {k}   {strip}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

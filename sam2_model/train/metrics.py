@@ -125,10 +125,10 @@ def _presence(x: np.ndarray) -> np.ndarray:
     return x.any(axis=(-2, -1)) if x.ndim == 4 else x
 
 
-def wrong_object_rate(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Fraction of (frame, object) entries of T×K×H×W bool masks whose prediction lies mostly (more than half of
-    its pixels) on the ground truth of the *other* objects: the tracker has switched to a neighbour. An empty
-    prediction is never wrong here (presence accuracy counts it)."""
+def on_other_objects(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """T×K bool: entries of T×K×H×W bool masks whose prediction lies mostly (more than half of its pixels) on the
+    ground truth of the *other* objects, i.e. the tracker has switched to a neighbour. An empty prediction is
+    never on another object."""
     pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
     if pred.shape != gt.shape or pred.ndim != 4:
         raise ValueError(f"pred and gt must both be T×K×H×W, got {pred.shape} and {gt.shape}")
@@ -138,4 +138,10 @@ def wrong_object_rate(pred: np.ndarray, gt: np.ndarray) -> float:
         others = np.delete(gt, k, axis=1).any(axis=1)  # T×H×W: pixels of the other objects
         on_others = (pred[:, k] & others).sum(axis=(1, 2))
         wrong[:, k] = 2 * on_others > area[:, k]
-    return float(wrong.mean())
+    return wrong
+
+
+def wrong_object_rate(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Fraction of (frame, object) entries of T×K×H×W bool masks that are `on_other_objects` (an empty prediction
+    is a presence error, counted by `presence_accuracy`, not a switch)."""
+    return float(on_other_objects(pred, gt).mean())

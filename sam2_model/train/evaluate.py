@@ -66,6 +66,13 @@ def propagate(session: VideoSession, num_objects: int) -> np.ndarray:
     return out
 
 
+def propagate_first_masks(session: VideoSession, masks: np.ndarray) -> np.ndarray:
+    """Prompt every object with its frame-0 mask of T×K×H×W `masks`, then `propagate`. -> T×K×H×W bool."""
+    for obj in range(masks.shape[1]):
+        session.add_prompt(0, obj, mask=masks[0, obj])
+    return propagate(session, masks.shape[1])
+
+
 def correct_worst_frames(session: VideoSession, pred: np.ndarray, gt: np.ndarray) -> int:
     """Add one click per object on its worst frame (lowest J among frames 1..T-1). -> clicks added."""
     clicks = 0
@@ -120,9 +127,7 @@ def evaluate_clip(model: SAM2, clip: SyntheticClip, rounds: int = 3) -> dict[str
     results = {"static": score(np.repeat(gt[:1], len(gt), axis=0), gt)}
     session = VideoPredictor(model).open(clip.frames)
     try:
-        for obj in range(k):
-            session.add_prompt(0, obj, mask=gt[0, obj])
-        pred = propagate(session, k)
+        pred = propagate_first_masks(session, gt)
         results["mask"] = score(pred, gt)
         results["mask"]["strips"] = frame_strips(pred, gt)
         results["mask_true_presence"] = score(with_true_presence(pred, gt), gt)

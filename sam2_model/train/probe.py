@@ -26,7 +26,7 @@ from ..checkpoint import load_model
 from ..image_predictor import ImagePredictor
 from ..sam2 import SAM2
 from ..video.predictor import VideoPredictor
-from .evaluate import heldout_clip, propagate
+from .evaluate import heldout_clip, propagate_first_masks
 from .metrics import region_similarity
 from .prompts import center_error_click, mask_box
 
@@ -82,9 +82,7 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
             clip = heldout_clip(seed, i, num_frames)
             session = VideoPredictor(model).open(clip.frames)
             try:
-                for obj in range(clip.masks.shape[1]):
-                    session.add_prompt(0, obj, mask=clip.masks[0, obj])
-                propagate(session, clip.masks.shape[1])
+                propagate_first_masks(session, clip.masks)
             finally:
                 session.close()
     finally:

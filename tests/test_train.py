@@ -14,8 +14,8 @@ from sam2_model.sam2 import SAM2
 from sam2_model.train import __main__ as train_cli
 from sam2_model.train import evaluate
 from sam2_model.train.data import TRAIN_SEED_BASE, ClipBatch, resize_masks, sample_batch, sample_frames, sample_window
-from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, mask_iou, mask_prediction_loss,
-                                     memory_readout_loss)
+from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, identity_loss, mask_iou,
+                                     mask_prediction_loss, memory_readout_loss)
 from sam2_model.train.prompts import center_error_click, mask_box, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES, TEST_CONFIG
@@ -247,6 +247,47 @@ def test_memory_readout_supervises_tracked_frames_through_the_memory(batch):
     single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)
     assert "readout" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights,
                                        readout).run().terms
+
+
+def identity_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two 3-frame clips on a 2×2 cell grid (cells of 4×4 pixels): clip 0 holds objects 0 and 1, which swap
+    cells between frames, clip 1 holds object 2. -> (masks 3×3×8×8, clip_index, a cell-one-hot embedding
+    (3·2)×4×2×2 with one channel per object and one for the background: features that follow each object)."""
+    masks = torch.zeros(3, 3, 8, 8)
+    embedding = torch.zeros(3 * 2, 4, 2, 2)
+    embedding[:, 3] = 1  # background everywhere, then the objects' cells
+    for t in range(3):
+        for obj, (y, x) in enumerate([(t % 2, 0), (1 - t % 2, 0), (0, 1)]):
+            masks[t, obj, 4 * y:4 * y + 4, 4 * x:4 * x + 4] = 1
+            row = t * 2 + (obj == 2)
+            embedding[row, :, y, x] = 0
+            embedding[row, obj, y, x] = 1
+    return masks, torch.tensor([0, 0, 1]), embedding
+
+
+def test_identity_loss_rewards_features_that_follow_each_object():
+    masks, clip_index, following = identity_case()
+    assert identity_loss(following, masks, clip_index).item() < 1e-3
+    swapped = following.clone()
+    swapped[2:4, [0, 1]] = swapped[2:4, [1, 0]]  # frame 1: objects 0 and 1 look like each other
+    assert identity_loss(swapped, masks, clip_index).item() > 1.0  # 2 of 8 object cells wrong, ≈ 10 each
+    positional = following[:2].repeat(3, 1, 1, 1)  # every frame looks like frame 0: features follow positions
+    assert identity_loss(positional, masks, clip_index).item() > 1.0
+    assert identity_loss(following, masks[:, [0, 1]], clip_index[:2]).item() < 1e-3  # objects of clip 0 only
+
+
+def test_identity_term_trains_the_image_encoder_on_video_steps_only(batch):
+    torch.manual_seed(0)
+    model = SAM2(RECIPE.model).train()
+    weights = LossWeights(identity=0.5)
+    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
+    scored = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights).run()
+    assert scored.loss.item() == pytest.approx(plain.loss.item() + 0.5 * scored.terms["identity"], rel=1e-5)
+    model.zero_grad()
+    (scored.loss - plain.loss.detach()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_encoder.parameters())
+    single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)
+    assert "identity" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights).run().terms
 
 
 def test_memory_path_init_lets_the_mask_reach_the_next_frame():

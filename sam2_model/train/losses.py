@@ -25,7 +25,10 @@ class LossWeights:
     memory_readout: weight of `memory_readout_loss` on tracked frames (not in SAM 2; a training-only probe that
     keeps the mask flowing through memory attention, see the README's Training section).
     absent: weight of an absent object's presence term relative to a present object's (1 in SAM 2). Absent
-    objects are rare in training clips (about 8% of tracked frames, none in image steps)."""
+    objects are rare in training clips (about 8% of tracked frames, none in image steps).
+    identity: weight of `identity_loss` on video steps (not in SAM 2, whose encoder comes pretrained with
+    features that tell objects apart; from scratch, the stride-16 features tell them apart no better than at
+    initialisation, README "Training")."""
 
     focal: float = 20.0
     dice: float = 1.0
@@ -34,6 +37,7 @@ class LossWeights:
     absent: float = 1.0
     embedding: float = 0.0
     memory_readout: float = 0.0
+    identity: float = 0.0
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -106,3 +110,45 @@ def memory_readout_loss(readout_logits: Tensor, target: Tensor) -> Tensor:
     coverage of each cell: B×1×h×w logits, B×1×H×W {0,1} target (H, W multiples of h, w) -> scalar."""
     coverage = F.adaptive_avg_pool2d(target.to(readout_logits.dtype), readout_logits.shape[-2:])
     return F.binary_cross_entropy_with_logits(readout_logits, coverage)
+
+
+def identity_logits(embedding: Tensor, masks: Tensor, temperature: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Classify one clip's later-frame cells against its first frame's objects by their features.
+
+    The first frame gives one prototype per object and one for the rest (the mean of the L2-normalised features,
+    weighted by each class's coverage of the cells); each cell of frames 1..T-1 gets cosine similarity /
+    temperature to every prototype. embedding: T×D×h×w; masks: T×K×H×W {0, 1} (H, W multiples of h, w).
+    -> logits (T-1)×(K+1)×P (P = h·w, class K is the rest), label (T-1)×P (the class that covers the cell most),
+    keep (T-1)×P bool (that class covers more than half of the cell).
+    """
+    t_count, d, h, w = embedding.shape
+    feats = F.normalize(embedding, dim=1).reshape(t_count, d, h * w)
+    cover = F.adaptive_avg_pool2d(masks.to(embedding.dtype), (h, w)).flatten(2)  # T×K×P
+    cover = torch.cat([cover, (1 - cover.sum(1, keepdim=True)).clamp(min=0)], dim=1)  # T×(K+1)×P
+    protos = F.normalize(cover[0] @ feats[0].T, dim=-1)  # (K+1)×D
+    logits = torch.einsum("kd,tdp->tkp", protos, feats[1:]) / temperature
+    share, label = cover[1:].max(dim=1)
+    return logits, label, share > 0.5
+
+
+def identity_loss(embedding: Tensor, masks: Tensor, clip_index: Tensor, temperature: float = 0.1) -> Tensor:
+    """Contrastive identity term on the stride-16 image features of training clips: the cross-entropy of
+    `identity_logits`, so that a cell of object k resembles object k of the clip's first frame more than the
+    other objects and the background, wherever it has moved. Object cells and background cells weigh equally
+    (each clip's two means are averaged): the background covers most cells and would otherwise dominate.
+
+    embedding: (T·N)×D×h×w frame-major (row t·N + n); masks: T×B×H×W {0, 1}; clip_index: B, the clip of each
+    object. -> scalar (0 when no cell qualifies).
+    """
+    t_count = masks.shape[0]
+    clips = embedding.shape[0] // t_count
+    frames = embedding.reshape(t_count, clips, *embedding.shape[1:])
+    losses = []
+    for clip in range(clips):
+        objects = clip_index == clip
+        logits, label, keep = identity_logits(frames[:, clip], masks[:, objects], temperature)
+        ce = F.cross_entropy(logits, label, reduction="none")
+        for cells in (keep & (label < int(objects.sum())), keep & (label == int(objects.sum()))):  # objects, rest
+            if cells.any():
+                losses.append(ce[cells].mean())
+    return torch.stack(losses).mean() if losses else embedding.sum() * 0

@@ -11,7 +11,8 @@ is prompted alone:
   pairs; 1 means the decoder gives every object the same mask, whatever the box.
 
 And where memory attention looks while the first-frame masks of a few clips are propagated
-(`memory_attention_focus`): is the memory read by content, or copied from the query's own position?
+(`memory_attention_focus`): is the memory read by content, or copied from the query's own position? And whether
+the image features could tell the objects apart by content at all (`identity_accuracy`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from ..checkpoint import load_model
 from ..image_predictor import ImagePredictor
 from ..sam2 import SAM2
 from ..video.predictor import VideoPredictor
+from ..video.frames import preprocess_frame
+from .data import resize_masks
 from .evaluate import heldout_clip, propagate_first_masks
+from .losses import identity_logits
 from .metrics import region_similarity
 from .prompts import center_error_click, mask_box
 
@@ -91,6 +95,31 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
     return {name: float(np.mean(values)) for name, values in means.items()}
 
 
+def identity_accuracy(model: SAM2 | None, clips: int = 12, seed: int = 1, num_frames: int = 32,
+                      max_gap: int | None = None) -> float:
+    """Share of the object cells of frames 1..T-1 (stride-16 cells more than half covered by one object) of
+    `clips` held-out clips whose image features lie closest to their own object's first-frame prototype, among
+    the clip's objects and the background (`losses.identity_logits`): can content alone tell which object a cell
+    belongs to, wherever it has moved? model None: the frame's mean colour per cell stands in for the features.
+    max_gap: only frames 1..max_gap."""
+    hits = total = 0
+    for i in range(clips):
+        clip = heldout_clip(seed, i, num_frames)
+        size = 192 if model is None else model.config.image_size
+        frames = clip.frames[: (max_gap or num_frames) + 1]
+        images = torch.stack([preprocess_frame(f, size) for f in frames])
+        with torch.no_grad():
+            if model is None:
+                features = torch.nn.functional.avg_pool2d(images, 16)
+            else:
+                features = torch.cat([model.encode_image(images[j:j + 8]).embedding for j in range(0, len(images), 8)])
+            logits, label, keep = identity_logits(features, resize_masks(clip.masks[: len(frames)], size))
+        cells = keep & (label < clip.masks.shape[1])
+        hits += int((logits.argmax(1) == label)[cells].sum())
+        total += int(cells.sum())
+    return hits / max(total, 1)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(prog="python -m sam2_model.train.probe", description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -108,7 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     focus = memory_attention_focus(model)
     print(f"memory attention: {focus['same_position']:.0%} on the query's own position, {focus['pointers']:.1%} on "
           f"object pointers, entropy {focus['entropy']:.2f} of uniform")
-    return {**report, **{f"memory_{name}": value for name, value in focus.items()}}
+    identity = identity_accuracy(model)
+    print(f"object cells nearest their own object's first-frame features: {identity:.1%} (the frames' mean colours: "
+          f"{identity_accuracy(None):.1%})")
+    return {**report, **{f"memory_{name}": value for name, value in focus.items()}, "identity": identity}
 
 
 if __name__ == "__main__":

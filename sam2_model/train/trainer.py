@@ -171,8 +171,9 @@ class Trainer:
         self.step += 1
         outputs = result.terms.pop("outputs")
         stats: dict[str, float | str] = {k: result.terms[k] / outputs for k in LOG_TERMS}
-        if "readout" in result.terms:
-            stats["readout"] = result.terms["readout"]
+        for term in ("readout", "identity"):
+            if term in result.terms:
+                stats[term] = result.terms[term]
         stats.update(step=self.step, lr=lr, grad_norm=float(grad_norm))
         if batch.masks.shape[0] == 1:  # image step: IoU of the prompted masks
             stats.update(prompt="image", image_iou=float(result.per_frame_iou.mean()))

@@ -24,7 +24,7 @@ from ..sam2 import SAM2, FrameFeatures, MaskPrediction
 from ..video.memory_bank import FrameOutput, ObjectState
 from ..video.session import pack_memory, select_for
 from .data import ClipBatch
-from .losses import LossWeights, mask_prediction_loss, memory_readout_loss
+from .losses import LossWeights, identity_loss, mask_prediction_loss, memory_readout_loss
 from .prompts import noisy_box, random_error_click
 
 PROMPT_KINDS = ("mask", "box", "click")
@@ -93,6 +93,10 @@ class ClipUnroll:
         loss = torch.stack(self.losses).mean()
         if self.weights.embedding:
             loss = loss + self.weights.embedding * feats.embedding.pow(2).mean()
+        if self.weights.identity and t_count > 1:
+            identity = identity_loss(feats.embedding, self.batch.masks, self.batch.clip_index)
+            loss = loss + self.weights.identity * identity
+            self.terms["identity"] = float(identity.detach())
         if self.readout_losses:
             readout = torch.stack(self.readout_losses).mean()
             loss = loss + self.weights.memory_readout * readout

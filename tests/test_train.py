@@ -557,3 +557,30 @@ def test_memory_attention_focus_sees_the_positional_initialisation():
     assert positional["same_position"] > 0.5 > 0.2 > default["same_position"]
     assert positional["entropy"] < 0.5 < 0.9 < default["entropy"]
     assert 0 < default["pointers"] < 1 and positional["pointers"] < default["pointers"]
+
+
+def test_identity_accuracy_tells_content_from_position(monkeypatch):
+    """Two solid squares, one above the other, cross the frame in opposite directions over 5 frames on black: the
+    frames' colours tell every object cell's object (accuracy 1), features that only encode where a cell is do
+    not."""
+    from types import SimpleNamespace
+
+    from sam2_model.train import probe
+    from sam2_model.train.synthetic import SyntheticClip
+
+    frames, masks = np.zeros((5, 192, 192, 3), np.uint8), np.zeros((5, 2, 192, 192), bool)
+    for t in range(5):
+        for k, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+            x = 16 + 32 * (t if k == 0 else 4 - t)
+            masks[t, k, 32 + 80 * k:80 + 80 * k, x:x + 48] = True
+            frames[t, 32 + 80 * k:80 + 80 * k, x:x + 48] = colour
+    clip = SyntheticClip(frames, masks, 24.0, masks)
+    monkeypatch.setattr(probe, "heldout_clip", lambda seed, i, num_frames: clip)
+    assert probe.identity_accuracy(None, clips=1) == 1.0
+
+    def where(images: torch.Tensor) -> SimpleNamespace:
+        y, x = torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij")
+        return SimpleNamespace(embedding=torch.stack([x, y, torch.full_like(x, 6)]).expand(len(images), 3, 12, 12))
+
+    positional = SimpleNamespace(config=SimpleNamespace(image_size=192), encode_image=where)
+    assert probe.identity_accuracy(positional, clips=1) < 0.7

@@ -488,10 +488,11 @@ def test_cli_passes_the_memory_path_options(tmp_path):
     args = ["--config", "test", "--out", str(tmp_path / "m.pt"), "--steps", "1", "--no-progress",
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
             "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--presence-weight", "4",
-            "--image-warmup", "0.25", "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3"]
+            "--image-warmup", "0.25", "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3",
+            "--identity-weight", "0.5"]
     recipe = train_cli.main(args).recipe
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
-    assert (recipe.loss.embedding, recipe.loss.memory_readout) == (0.01, 2.0)
+    assert (recipe.loss.embedding, recipe.loss.memory_readout, recipe.loss.identity) == (0.01, 2.0, 0.5)
     assert (recipe.loss.focal, recipe.loss.dice, recipe.loss.presence, recipe.image_warmup) == (2.0, 1.5, 4.0, 0.25)
     assert (recipe.data.image_videos, recipe.ema_decay, recipe.prompt_attention_gain) == (3, 0.9, 3.0)
     defaults = dict(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss, image_warmup=0.0,

@@ -146,9 +146,10 @@ def identity_loss(embedding: Tensor, masks: Tensor, clip_index: Tensor, temperat
     losses = []
     for clip in range(clips):
         objects = clip_index == clip
+        rest = int(objects.sum())  # the background's class index, after the clip's objects
         logits, label, keep = identity_logits(frames[:, clip], masks[:, objects], temperature)
         ce = F.cross_entropy(logits, label, reduction="none")
-        for cells in (keep & (label < int(objects.sum())), keep & (label == int(objects.sum()))):  # objects, rest
+        for cells in (keep & (label < rest), keep & (label == rest)):
             if cells.any():
                 losses.append(ce[cells].mean())
     return torch.stack(losses).mean() if losses else embedding.sum() * 0

@@ -95,25 +95,23 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
     return {name: float(np.mean(values)) for name, values in means.items()}
 
 
-def identity_accuracy(model: SAM2 | None, clips: int = 12, seed: int = 1, num_frames: int = 32,
-                      max_gap: int | None = None) -> float:
+def identity_accuracy(model: SAM2 | None, clips: int = 12, seed: int = 1, num_frames: int = 32) -> float:
     """Share of the object cells of frames 1..T-1 (stride-16 cells more than half covered by one object) of
     `clips` held-out clips whose image features lie closest to their own object's first-frame prototype, among
     the clip's objects and the background (`losses.identity_logits`): can content alone tell which object a cell
-    belongs to, wherever it has moved? model None: the frame's mean colour per cell stands in for the features.
-    max_gap: only frames 1..max_gap."""
+    belongs to, wherever it has moved? model None: the frame's mean colour per 16-pixel cell of the 192-pixel
+    model input stands in for the features."""
+    size = 192 if model is None else model.config.image_size
     hits = total = 0
     for i in range(clips):
         clip = heldout_clip(seed, i, num_frames)
-        size = 192 if model is None else model.config.image_size
-        frames = clip.frames[: (max_gap or num_frames) + 1]
-        images = torch.stack([preprocess_frame(f, size) for f in frames])
+        images = torch.stack([preprocess_frame(f, size) for f in clip.frames])
         with torch.no_grad():
             if model is None:
                 features = torch.nn.functional.avg_pool2d(images, 16)
             else:
                 features = torch.cat([model.encode_image(images[j:j + 8]).embedding for j in range(0, len(images), 8)])
-            logits, label, keep = identity_logits(features, resize_masks(clip.masks[: len(frames)], size))
+            logits, label, keep = identity_logits(features, resize_masks(clip.masks, size))
         cells = keep & (label < clip.masks.shape[1])
         hits += int((logits.argmax(1) == label)[cells].sum())
         total += int(cells.sum())

@@ -6,6 +6,8 @@ both attentions use 2-D axial rotary position encoding (RoPE) over the square fe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -186,3 +188,22 @@ class MemoryAttention(nn.Module):
         for layer in self.layers:
             x = layer(x, memory, memory_pos, rope, num_obj_ptr_tokens)
         return self.norm(x)
+
+
+@contextmanager
+def recorded_cross_attention(module: MemoryAttention) -> Iterator[list[tuple[Tensor, int]]]:
+    """Within the block, every memory cross-attention call of `module` appends (its attention matrix B×h×Nq×Nk,
+    the number of object-pointer keys at its end) to the yielded list, differentiable (for diagnostics and
+    training terms; each matrix is computed a second time beside the layer's own fused attention)."""
+    records: list[tuple[Tensor, int]] = []
+
+    def record(attn: RoPEAttention, args: tuple) -> None:
+        query, key, _, rope, num_pointers = args
+        records.append((attn.attention_weights(query, key, rope, num_pointers), num_pointers))
+
+    hooks = [layer.cross_attn_image.register_forward_pre_hook(record) for layer in module.layers]
+    try:
+        yield records
+    finally:
+        for hook in hooks:
+            hook.remove()

@@ -14,8 +14,10 @@ from sam2_model.sam2 import SAM2
 from sam2_model.train import __main__ as train_cli
 from sam2_model.train import evaluate
 from sam2_model.train.data import TRAIN_SEED_BASE, ClipBatch, resize_masks, sample_batch, sample_frames, sample_window
-from sam2_model.train.losses import (LossWeights, dice_loss, focal_loss, identity_loss, mask_iou,
-                                     mask_prediction_loss, memory_readout_loss)
+from sam2_model.train import unroll as unroll_module
+from sam2_model.train.losses import (BACKGROUND, UNLABELLED, LossWeights, dice_loss, focal_loss, identity_loss,
+                                     mask_iou, mask_prediction_loss, memory_attention_loss, memory_readout_loss,
+                                     object_cell_labels)
 from sam2_model.train.prompts import center_error_click, mask_box, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES, TEST_CONFIG
@@ -290,6 +292,73 @@ def test_identity_term_trains_the_image_encoder_on_video_steps_only(batch):
     assert "identity" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights).run().terms
 
 
+def test_object_cell_labels_name_the_covering_object_of_the_rows_clip():
+    masks, clip_index, _ = identity_case()
+    masks[0, 2, 4:8, 4:6] = 1  # frame 0: object 2 (clip 1) also covers half of the bottom-right cell
+    labels = object_cell_labels(masks, clip_index, 2, 2)  # 3×3×4, cells (0,0) (0,1) (1,0) (1,1)
+    b = BACKGROUND
+    assert labels[0, 0].tolist() == labels[0, 1].tolist() == [0, b, 1, b]  # clip 0: object 2 is background
+    assert labels[0, 2].tolist() == [b, 2, b, UNLABELLED]  # half covered: neither object nor background
+    assert labels[1, 0].tolist() == [1, b, 0, b]  # objects 0 and 1 swapped cells
+    assert labels[1, 2].tolist() == [b, 2, b, b]
+
+
+def test_memory_attention_loss_rewards_reading_the_own_objects_memory():
+    """Frame 1 attends to frame 0's memory (2×2 cells) and two pointer tokens. Objects 0 and 1 swap cells between
+    the frames: attention that copies positions misses, attention that follows content scores ~0."""
+    masks, clip_index, _ = identity_case()
+    labels = object_cell_labels(masks[:, :2], clip_index[:2], 2, 2)  # clip 0: 3×2×4
+    query, memory = labels[1], labels[0]
+    same = (query[:, :, None] == memory[:, None, :]).float()  # 2×4×4
+    content = torch.cat([same / same.sum(-1, keepdim=True), torch.zeros(2, 4, 2)], dim=-1)[:, None]  # B×h×4×6
+    loss, mass = memory_attention_loss([content], query, memory)
+    assert loss.item() < 1e-6 and mass.item() == pytest.approx(1.0)
+    positional = torch.cat([torch.eye(4).expand(2, 4, 4), torch.zeros(2, 4, 2)], dim=-1)[:, None]
+    loss, mass = memory_attention_loss([positional], query, memory)
+    # background cells keep their place (loss 0), object cells moved (mass 0, -log 1e-6): the two groups average
+    assert loss.item() == pytest.approx(-math.log(1e-6) / 2, rel=1e-4) and mass.item() == pytest.approx(0.5)
+    pointers = torch.cat([0.5 * content[..., :4], torch.full((2, 1, 4, 2), 0.25)], dim=-1)
+    assert memory_attention_loss([pointers], query, memory)[1].item() == pytest.approx(0.5)  # pointers: not own
+    loss, _ = memory_attention_loss([content, positional], query, memory)  # layers average
+    assert loss.item() == pytest.approx(-math.log(1e-6) / 4, rel=1e-4)
+
+
+def test_memory_attention_term_labels_the_memories_the_tracked_frame_reads(batch, monkeypatch):
+    """The term sees each tracked frame's own labels and, key by key, the labels of the memory frames
+    `select_memories` packs (conditioning frame 0 first, then the num_maskmem - 1 = 2 most recent frames);
+    its gradient reaches memory attention and the memory encoder; single frames have no such term."""
+    seen = []
+    original = unroll_module.memory_attention_loss
+
+    def spy(attention, query_labels, memory_labels):
+        seen.append((query_labels, memory_labels, attention[0].shape))
+        return original(attention, query_labels, memory_labels)
+
+    monkeypatch.setattr(unroll_module, "memory_attention_loss", spy)
+    torch.manual_seed(0)
+    model = SAM2(RECIPE.model).train()
+    weights = LossWeights(memory_attention=0.5)
+    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
+    scored = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights).run()
+    assert scored.loss.item() == pytest.approx(plain.loss.item() + 0.5 * scored.terms["attention"], rel=1e-5)
+    assert 0 < scored.terms["attention_mass"] < 1
+    side = S // 16
+    labels = object_cell_labels(batch.masks, batch.clip_index, side, side)
+    expected = {1: [0], 2: [0, 1], 3: [0, 1, 2]}
+    assert len(seen) == batch.masks.shape[0] - 1
+    for t, (query_labels, memory_labels, shape) in enumerate(seen, start=1):
+        assert torch.equal(query_labels, labels[t])
+        frames = expected.get(t, [0, t - 2, t - 1])
+        assert torch.equal(memory_labels, torch.cat([labels[f] for f in frames], dim=1))
+        assert shape[2] == side * side and shape[3] > len(frames) * side * side  # then the pointer tokens
+    model.zero_grad()
+    (scored.loss - plain.loss.detach()).backward()
+    for part in (model.memory_attention, model.memory_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)
+    assert "attention" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights).run().terms
+
+
 def test_memory_path_init_lets_the_mask_reach_the_next_frame():
     """Two objects' memories of the same frame condition the same next frame. At default initialisation the
     attention is nearly uniform and their masks average away; the local attention bias keeps them apart, and a
@@ -489,10 +558,11 @@ def test_cli_passes_the_memory_path_options(tmp_path):
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
             "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--presence-weight", "4",
             "--image-warmup", "0.25", "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3",
-            "--identity-weight", "0.5"]
+            "--identity-weight", "0.5", "--memory-attention-weight", "0.25"]
     recipe = train_cli.main(args).recipe
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
     assert (recipe.loss.embedding, recipe.loss.memory_readout, recipe.loss.identity) == (0.01, 2.0, 0.5)
+    assert recipe.loss.memory_attention == 0.25
     assert (recipe.loss.focal, recipe.loss.dice, recipe.loss.presence, recipe.image_warmup) == (2.0, 1.5, 4.0, 0.25)
     assert (recipe.data.image_videos, recipe.ema_decay, recipe.prompt_attention_gain) == (3, 0.9, 3.0)
     defaults = dict(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss, image_warmup=0.0,
@@ -558,6 +628,19 @@ def test_memory_attention_focus_sees_the_positional_initialisation():
     assert positional["same_position"] > 0.5 > 0.2 > default["same_position"]
     assert positional["entropy"] < 0.5 < 0.9 < default["entropy"]
     assert 0 < default["pointers"] < 1 and positional["pointers"] < default["pointers"]
+
+
+def test_own_object_attention_measures_where_memory_attention_reads():
+    """Near-uniform attention puts on the own object's memory cells only their share of the memory; attention
+    that copies positions more (the synthetic objects move a little between frames)."""
+    from sam2_model.train import probe
+
+    torch.manual_seed(0)
+    model = SAM2(TEST_CONFIG).eval()
+    default = probe.own_object_attention(model, clips=1, num_frames=12)
+    init_memory_path(model, attention_bias=5.0)
+    positional = probe.own_object_attention(model, clips=1, num_frames=12)
+    assert 0.2 < default < positional < 1
 
 
 def test_identity_accuracy_tells_content_from_position(monkeypatch):

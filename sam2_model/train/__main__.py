@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--embedding-penalty", type=float, help="LossWeights.embedding")
     parser.add_argument("--memory-readout", type=float, help="LossWeights.memory_readout")
     parser.add_argument("--identity-weight", type=float, help="LossWeights.identity")
+    parser.add_argument("--memory-attention-weight", type=float, help="LossWeights.memory_attention")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--prefetch", action="store_true",
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> Trainer:
         recipe = recipe.replace(data=dataclasses.replace(recipe.data, image_videos=args.image_videos))
     loss_changes = {"focal": args.focal_weight, "dice": args.dice_weight, "presence": args.presence_weight,
                     "embedding": args.embedding_penalty, "memory_readout": args.memory_readout,
-                    "identity": args.identity_weight}
+                    "identity": args.identity_weight, "memory_attention": args.memory_attention_weight}
     loss_changes = {k: v for k, v in loss_changes.items() if v is not None}
     if loss_changes:
         recipe = recipe.replace(loss=dataclasses.replace(recipe.loss, **loss_changes))

@@ -28,7 +28,9 @@ class LossWeights:
     objects are rare in training clips (about 8% of tracked frames, none in image steps).
     identity: weight of `identity_loss` on video steps (not in SAM 2, whose encoder comes pretrained with
     features that tell objects apart; from scratch, the stride-16 features tell them apart no better than at
-    initialisation, README "Training")."""
+    initialisation, README "Training").
+    memory_attention: weight of `memory_attention_loss` on tracked frames (not in SAM 2): memory cross-attention
+    asked to put its mass on memory cells of the query cell's own object, i.e. to read the memory by content."""
 
     focal: float = 20.0
     dice: float = 1.0
@@ -38,6 +40,7 @@ class LossWeights:
     embedding: float = 0.0
     memory_readout: float = 0.0
     identity: float = 0.0
+    memory_attention: float = 0.0
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -112,6 +115,15 @@ def memory_readout_loss(readout_logits: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(readout_logits, coverage)
 
 
+def cell_classes(masks: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Which class covers each stride cell: masks T×K×H×W {0, 1} (H, W multiples of h, w) -> cover T×(K+1)×P
+    (P = h·w; class K is the rest), label T×P (the class that covers the cell most), share T×P (its coverage)."""
+    cover = F.adaptive_avg_pool2d(masks.float(), (h, w)).flatten(2)  # T×K×P
+    cover = torch.cat([cover, (1 - cover.sum(1, keepdim=True)).clamp(min=0)], dim=1)
+    share, label = cover.max(dim=1)
+    return cover, label, share
+
+
 def identity_logits(embedding: Tensor, masks: Tensor, temperature: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
     """Classify one clip's later-frame cells against its first frame's objects by their features.
 
@@ -123,12 +135,10 @@ def identity_logits(embedding: Tensor, masks: Tensor, temperature: float = 0.1) 
     """
     t_count, d, h, w = embedding.shape
     feats = F.normalize(embedding, dim=1).reshape(t_count, d, h * w)
-    cover = F.adaptive_avg_pool2d(masks.to(embedding.dtype), (h, w)).flatten(2)  # T×K×P
-    cover = torch.cat([cover, (1 - cover.sum(1, keepdim=True)).clamp(min=0)], dim=1)  # T×(K+1)×P
-    protos = F.normalize(cover[0] @ feats[0].T, dim=-1)  # (K+1)×D
+    cover, label, share = cell_classes(masks, h, w)
+    protos = F.normalize(cover[0].to(feats.dtype) @ feats[0].T, dim=-1)  # (K+1)×D
     logits = torch.einsum("kd,tdp->tkp", protos, feats[1:]) / temperature
-    share, label = cover[1:].max(dim=1)
-    return logits, label, share > 0.5
+    return logits, label[1:], share[1:] > 0.5
 
 
 def identity_loss(embedding: Tensor, masks: Tensor, clip_index: Tensor, temperature: float = 0.1) -> Tensor:
@@ -153,3 +163,49 @@ def identity_loss(embedding: Tensor, masks: Tensor, clip_index: Tensor, temperat
             if cells.any():
                 losses.append(ce[cells].mean())
     return torch.stack(losses).mean() if losses else embedding.sum() * 0
+
+
+UNLABELLED, BACKGROUND = -1, -2
+"""`object_cell_labels` values of a cell no class covers by more than half, and of a background cell."""
+
+
+def object_cell_labels(masks: Tensor, clip_index: Tensor, h: int, w: int) -> Tensor:
+    """Who covers each stride cell, per tracked object: masks T×B×H×W {0, 1} of the B objects of a batch, clip_index:
+    B -> T×B×P long (P = h·w): the batch index of the object of the row's clip that covers the cell by more than
+    half, BACKGROUND when no object of the clip does but the background does, UNLABELLED otherwise. Rows of one
+    clip get the same labels."""
+    labels = torch.full((masks.shape[0], masks.shape[1], h * w), UNLABELLED, dtype=torch.long, device=masks.device)
+    for clip in clip_index.unique():
+        rows = torch.nonzero(clip_index == clip).flatten()
+        _, label, share = cell_classes(masks[:, rows], h, w)
+        ids = torch.cat([rows, rows.new_tensor([BACKGROUND])])[label]  # class k -> batch row, class K -> BACKGROUND
+        labels[:, rows] = torch.where(share > 0.5, ids, UNLABELLED)[:, None]
+    return labels
+
+
+def memory_attention_loss(attention: list[Tensor], query_labels: Tensor, memory_labels: Tensor
+                          ) -> tuple[Tensor, Tensor]:
+    """How much memory cross-attention each query cell puts on memory cells of its own object (or of the
+    background, for a background cell): the attention that reading by content needs, the ground truth says where.
+
+    attention: one B×h×Nq×Nk matrix per layer, the Ns spatial memory keys first (then object pointers);
+    query_labels: B×Nq, memory_labels: B×Ns (`object_cell_labels` of the query frame and of the memory frames).
+    -> (loss: mean -log(attention mass on the cell's own label), mass: its mean), scalars. Query cells that are
+    unlabelled or whose label no memory cell has are left out; object and background cells weigh equally.
+    """
+    ns = memory_labels.shape[1]
+    same = (query_labels[:, :, None] == memory_labels[:, None, :]) & (query_labels[:, :, None] != UNLABELLED)
+    valid = same.any(-1)  # B×Nq
+    groups = [valid & (query_labels >= 0), valid & (query_labels == BACKGROUND)]
+    losses, masses = [], []
+    for weights in attention:
+        mass = (weights[..., :ns] * same[:, None].to(weights.dtype)).sum(-1).mean(1)  # B×Nq, mean over heads
+        nll = -mass.clamp_min(1e-6).log()
+        for cells in groups:
+            if cells.any():
+                losses.append(nll[cells].mean())
+                masses.append(mass[cells].mean())
+    if not losses:
+        zero = sum(w.sum() for w in attention) * 0
+        return zero, zero.detach()
+    return torch.stack(losses).mean(), torch.stack(masses).mean().detach()

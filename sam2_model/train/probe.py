@@ -11,8 +11,8 @@ is prompted alone:
   pairs; 1 means the decoder gives every object the same mask, whatever the box.
 
 And where memory attention looks while the first-frame masks of a few clips are propagated
-(`memory_attention_focus`): is the memory read by content, or copied from the query's own position? And whether
-the image features could tell the objects apart by content at all (`identity_accuracy`).
+(`memory_attention_focus`, `own_object_attention`): is the memory read by content, or copied from the query's own
+position? And whether the image features could tell the objects apart by content at all (`identity_accuracy`).
 """
 from __future__ import annotations
 
@@ -25,14 +25,16 @@ import torch
 
 from ..checkpoint import load_model
 from ..image_predictor import ImagePredictor
+from ..memory_attention import recorded_cross_attention
 from ..sam2 import SAM2
 from ..video.predictor import VideoPredictor
 from ..video.frames import preprocess_frame
-from .data import resize_masks
+from .data import ClipBatch, resize_masks
 from .evaluate import heldout_clip, propagate_first_masks
-from .losses import identity_logits
+from .losses import LossWeights, identity_logits
 from .metrics import region_similarity
 from .prompts import center_error_click, mask_box
+from .unroll import ClipUnroll, PromptPlan
 
 PROBE_FRAMES = (3, 9)
 MIN_PIXELS = 50
@@ -68,20 +70,7 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
     own position (summed over memory frames), "pointers": on the object-pointer tokens, "entropy": row entropy
     over log(keys), 1 for uniform attention}."""
     means: dict[str, list[float]] = {"same_position": [], "pointers": [], "entropy": []}  # one per call
-
-    def record(attn, args) -> None:
-        query, key, _, rope, num_pointers = args
-        weights = attn.attention_weights(query, key, rope, num_pointers)  # B×h×Nq×Nk
-        cells = torch.arange(query.shape[1])
-        spatial = key.shape[1] - num_pointers
-        same = sum(weights[..., cells, f * len(cells) + cells] for f in range(spatial // len(cells)))
-        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(weights.shape[-1])
-        for name, value in (("same_position", same), ("pointers", weights[..., spatial:].sum(-1)),
-                            ("entropy", entropy)):
-            means[name].append(float(value.mean()))
-
-    hooks = [layer.cross_attn_image.register_forward_pre_hook(record) for layer in model.memory_attention.layers]
-    try:
+    with recorded_cross_attention(model.memory_attention) as records, torch.no_grad():
         for i in range(clips):
             clip = heldout_clip(seed, i, num_frames)
             session = VideoPredictor(model).open(clip.frames)
@@ -89,10 +78,36 @@ def memory_attention_focus(model: SAM2, clips: int = 4, seed: int = 2, num_frame
                 propagate_first_masks(session, clip.masks)
             finally:
                 session.close()
-    finally:
-        for hook in hooks:
-            hook.remove()
+            for weights, num_pointers in records:  # B×h×Nq×Nk
+                cells = torch.arange(weights.shape[2])
+                spatial = weights.shape[3] - num_pointers
+                same = sum(weights[..., cells, f * len(cells) + cells] for f in range(spatial // len(cells)))
+                entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1) / math.log(weights.shape[-1])
+                for name, value in (("same_position", same), ("pointers", weights[..., spatial:].sum(-1)),
+                                    ("entropy", entropy)):
+                    means[name].append(float(value.mean()))
+            records.clear()
     return {name: float(np.mean(values)) for name, values in means.items()}
+
+
+def own_object_attention(model: SAM2, clips: int = 4, seed: int = 2, num_frames: int = 16) -> float:
+    """Memory cross-attention on memory cells of the query cell's own object (the background's, for a background
+    cell) while the training unroll tracks the first-frame masks of `clips` held-out clips: the mass
+    `losses.memory_attention_loss` asks for, averaged over tracked frames (object and background cells weigh
+    equally). 1: memory is read by content; the share of cells whose object sits at the same place in memory,
+    for attention that copies positions."""
+    size = model.config.image_size
+    masses = []
+    for i in range(clips):
+        clip = heldout_clip(seed, i, num_frames)
+        images = torch.stack([preprocess_frame(f, size) for f in clip.frames])[:, None]
+        masks = resize_masks(clip.masks, size)
+        batch = ClipBatch(images, masks, torch.zeros(masks.shape[1], dtype=torch.long))
+        with torch.no_grad():
+            unroll = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0),
+                                LossWeights(memory_attention=1.0))
+            masses.append(unroll.run().terms["attention_mass"])
+    return float(np.mean(masses))
 
 
 def identity_accuracy(model: SAM2 | None, clips: int = 12, seed: int = 1, num_frames: int = 32) -> float:
@@ -135,10 +150,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     focus = memory_attention_focus(model)
     print(f"memory attention: {focus['same_position']:.0%} on the query's own position, {focus['pointers']:.1%} on "
           f"object pointers, entropy {focus['entropy']:.2f} of uniform")
+    own = own_object_attention(model)
+    print(f"memory attention on memory cells of the query cell's own object: {own:.0%}")
     identity = identity_accuracy(model)
     print(f"object cells nearest their own object's first-frame features: {identity:.1%} (the frames' mean colours: "
           f"{identity_accuracy(None):.1%})")
-    return {**report, **{f"memory_{name}": value for name, value in focus.items()}, "identity": identity}
+    return {**report, **{f"memory_{name}": value for name, value in focus.items()}, "own_object_attention": own,
+            "identity": identity}
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ class Trainer:
         self.step += 1
         outputs = result.terms.pop("outputs")
         stats: dict[str, float | str] = {k: result.terms[k] / outputs for k in LOG_TERMS}
-        for term in ("readout", "identity"):
+        for term in ("readout", "identity", "attention", "attention_mass"):
             if term in result.terms:
                 stats[term] = result.terms[term]
         stats.update(step=self.step, lr=lr, grad_norm=float(grad_norm))

@@ -20,11 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..memory_attention import recorded_cross_attention
 from ..sam2 import SAM2, FrameFeatures, MaskPrediction
 from ..video.memory_bank import FrameOutput, ObjectState
 from ..video.session import pack_memory, select_for
 from .data import ClipBatch
-from .losses import LossWeights, identity_loss, mask_prediction_loss, memory_readout_loss
+from .losses import (LossWeights, identity_loss, mask_prediction_loss, memory_attention_loss, memory_readout_loss,
+                     object_cell_labels)
 from .prompts import noisy_box, random_error_click
 
 PROMPT_KINDS = ("mask", "box", "click")
@@ -70,6 +72,9 @@ class ClipUnroll:
         self.model, self.batch, self.plan, self.rng, self.weights = model, batch, plan, rng, weights
         self.readout = readout if weights.memory_readout else None
         self.readout_losses: list[Tensor] = []
+        self.attention_losses: list[Tensor] = []
+        self.attention_mass: list[float] = []
+        self.cell_labels: Tensor | None = None  # T×B×P, `object_cell_labels`, for the memory attention term
         self.num_frames, self.num_objects = batch.masks.shape[:2]
         self.targets_np = (batch.masks > 0.5).cpu().numpy()  # T×B×S×S bool, for prompt sampling
         self.obj = ObjectState(obj_id=0)
@@ -85,6 +90,8 @@ class ClipUnroll:
         feats = self.model.encode_image(images)
         rows = lambda t: t * n + self.batch.clip_index  # noqa: E731
         frame_feats = [feats.select(rows(t)) for t in range(t_count)]
+        if self.weights.memory_attention:
+            self.cell_labels = object_cell_labels(self.batch.masks, self.batch.clip_index, *feats.embedding.shape[-2:])
         for t in self.plan.init_frames:
             self._prompted_frame(t, frame_feats[t])
         for t in range(t_count):
@@ -101,6 +108,11 @@ class ClipUnroll:
             readout = torch.stack(self.readout_losses).mean()
             loss = loss + self.weights.memory_readout * readout
             self.terms["readout"] = float(readout.detach())
+        if self.attention_losses:
+            attention = torch.stack(self.attention_losses).mean()
+            loss = loss + self.weights.memory_attention * attention
+            self.terms["attention"] = float(attention.detach())
+            self.terms["attention_mass"] = float(np.mean(self.attention_mass))
         return UnrollResult(loss, dict(self.terms), self.final_iou)
 
     # ------------------------------------------------------------------ frames
@@ -120,9 +132,14 @@ class ClipUnroll:
     def _tracked_frame(self, t: int, feats: FrameFeatures) -> None:
         """Track frame t from memory; on a correction frame, refine by clicks and make it a conditioning frame."""
         target = self.batch.masks[t][:, None]
-        memory = pack_memory(self.model, select_for(self.model, self.obj, t, False, self.num_frames), self.num_frames,
-                             self.mem_pos)
-        pix = self.model.condition_on_memory(feats, *memory)
+        selection = select_for(self.model, self.obj, t, False, self.num_frames)
+        memory = pack_memory(self.model, selection, self.num_frames, self.mem_pos)
+        if self.cell_labels is None:
+            pix = self.model.condition_on_memory(feats, *memory)
+        else:
+            with recorded_cross_attention(self.model.memory_attention) as records:
+                pix = self.model.condition_on_memory(feats, *memory)
+            self._supervise_attention(t, [out for _, out in selection.spatial], [w for w, _ in records])
         if self.readout is not None:
             self.readout_losses.append(memory_readout_loss(self.readout(pix), target))
         pred = self.model.predict_masks(pix, feats.high_res, None, None, None, multimask_output=True)
@@ -174,6 +191,14 @@ class ClipUnroll:
         for key in ("loss", "focal", "dice", "iou", "presence"):
             self.terms[key] = self.terms.get(key, 0.0) + float(out[key].detach())
         self.terms["outputs"] = self.terms.get("outputs", 0.0) + 1
+
+    def _supervise_attention(self, t: int, memories: list[FrameOutput], attention: list[Tensor]) -> None:
+        """`memory_attention_loss` of tracking frame t from `memories` (the spatial memories in key order)."""
+        frame_of = {id(out): f for frames in (self.obj.cond, self.obj.tracked) for f, out in frames.items()}
+        memory_labels = torch.cat([self.cell_labels[frame_of[id(out)]] for out in memories], dim=1)
+        loss, mass = memory_attention_loss(attention, self.cell_labels[t], memory_labels)
+        self.attention_losses.append(loss)
+        self.attention_mass.append(float(mass))
 
     def _remember(self, t: int, feats: FrameFeatures, pred: MaskPrediction, cond: bool) -> None:
         """Encode frame t's final prediction into a memory and file it as a conditioning or tracked frame

@@ -356,7 +356,8 @@ def test_memory_attention_term_labels_the_memories_the_tracked_frame_reads(batch
     for part in (model.memory_attention, model.memory_encoder):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)
-    assert "attention" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights).run().terms
+    single_frame = ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights).run()
+    assert "attention" not in single_frame.terms
 
 
 def test_memory_path_init_lets_the_mask_reach_the_next_frame():

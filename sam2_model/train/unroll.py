@@ -139,7 +139,7 @@ class ClipUnroll:
         else:
             with recorded_cross_attention(self.model.memory_attention) as records:
                 pix = self.model.condition_on_memory(feats, *memory)
-            self._supervise_attention(t, [out for _, out in selection.spatial], [w for w, _ in records])
+            self._supervise_attention(t, selection.spatial_frames, [w for w, _ in records])
         if self.readout is not None:
             self.readout_losses.append(memory_readout_loss(self.readout(pix), target))
         pred = self.model.predict_masks(pix, feats.high_res, None, None, None, multimask_output=True)
@@ -192,10 +192,9 @@ class ClipUnroll:
             self.terms[key] = self.terms.get(key, 0.0) + float(out[key].detach())
         self.terms["outputs"] = self.terms.get("outputs", 0.0) + 1
 
-    def _supervise_attention(self, t: int, memories: list[FrameOutput], attention: list[Tensor]) -> None:
-        """`memory_attention_loss` of tracking frame t from `memories` (the spatial memories in key order)."""
-        frame_of = {id(out): f for frames in (self.obj.cond, self.obj.tracked) for f, out in frames.items()}
-        memory_labels = torch.cat([self.cell_labels[frame_of[id(out)]] for out in memories], dim=1)
+    def _supervise_attention(self, t: int, memory_frames: list[int], attention: list[Tensor]) -> None:
+        """`memory_attention_loss` of tracking frame t from the spatial memories of `memory_frames` (in key order)."""
+        memory_labels = torch.cat([self.cell_labels[f] for f in memory_frames], dim=1)
         loss, mass = memory_attention_loss(attention, self.cell_labels[t], memory_labels)
         self.attention_losses.append(loss)
         self.attention_mass.append(float(mass))

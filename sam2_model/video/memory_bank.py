@@ -68,11 +68,13 @@ class ObjectState:
 class MemorySelection:
     """What one object attends to on one frame.
 
-    spatial: (temporal slot, FrameOutput) pairs; pointers: (signed frame distance, 1×D pointer) pairs.
+    spatial: (temporal slot, FrameOutput) pairs; pointers: (signed frame distance, 1×D pointer) pairs;
+    spatial_frames: the frame index of each spatial memory, in the same order.
     """
 
     spatial: list[tuple[int, FrameOutput]]
     pointers: list[tuple[int, Tensor]]
+    spatial_frames: list[int]
 
     @property
     def signature(self) -> tuple[int, int]:
@@ -92,10 +94,13 @@ def select_memories(
     """Memories of `obj` used to track `frame` (forward, or backward when `reverse`)."""
     step = -1 if reverse else 1
     spatial: list[tuple[int, FrameOutput]] = [(0, out) for out in obj.cond.values()]
+    spatial_frames = list(obj.cond)
     for slot in range(1, num_maskmem):
-        out = obj.tracked.get(frame - step * (num_maskmem - slot))
+        t = frame - step * (num_maskmem - slot)
+        out = obj.tracked.get(t)
         if out is not None and out.memory is not None:  # pruned memories are simply absent
             spatial.append((slot, out))
+            spatial_frames.append(t)
 
     max_ptrs = min(num_frames, max_ptrs)
     pointers = []
@@ -110,7 +115,7 @@ def select_memories(
         out = obj.tracked.get(t)
         if out is not None:
             pointers.append((t_diff, out.obj_ptr))
-    return MemorySelection(spatial, pointers)
+    return MemorySelection(spatial, pointers, spatial_frames)
 
 
 def prune_memories(obj: ObjectState, front: int, reverse: bool, num_maskmem: int) -> None:

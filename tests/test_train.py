@@ -230,19 +230,28 @@ def test_memory_readout_is_scored_against_cell_coverage():
     assert memory_readout_loss(-exact, target).item() > 3.0
 
 
+def with_term(batch: ClipBatch, weights: LossWeights, term: str, weight: float,
+              readout: torch.nn.Module | None = None) -> tuple[SAM2, object, object]:
+    """A fresh model's mask-prompted unroll of `batch`, plain and with `weights`: checks that the second loss is the
+    first plus weight × the logged `term`, and back-propagates their difference. -> (model, plain, scored)."""
+    torch.manual_seed(0)
+    model = SAM2(RECIPE.model).train()
+    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
+    scored = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights, readout).run()
+    assert scored.loss.item() == pytest.approx(plain.loss.item() + weight * scored.terms[term], rel=1e-5)
+    model.zero_grad()
+    (scored.loss - plain.loss.detach()).backward()
+    return model, plain, scored
+
+
 def test_memory_readout_supervises_tracked_frames_through_the_memory(batch):
     """The readout term is the mean over tracked frames; its gradient reaches memory attention and the memory
     encoder (the path it exists for), and a prompted-only clip has no such term."""
     torch.manual_seed(0)
-    model = SAM2(RECIPE.model).train()
     readout = torch.nn.Conv2d(RECIPE.model.d_model, 1, 1)
     weights = LossWeights(memory_readout=2.0)
-    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
-    probed = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights, readout).run()
-    assert probed.loss.item() == pytest.approx(plain.loss.item() + 2.0 * probed.terms["readout"], rel=1e-5)
+    model, plain, _ = with_term(batch, weights, "readout", 2.0, readout)
     assert "readout" not in plain.terms
-    model.zero_grad()
-    (probed.loss - plain.loss.detach()).backward()
     assert readout.weight.grad.abs().sum() > 0
     for part in (model.memory_attention, model.memory_encoder.mask_downsampler):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
@@ -279,14 +288,8 @@ def test_identity_loss_rewards_features_that_follow_each_object():
 
 
 def test_identity_term_trains_the_image_encoder_on_video_steps_only(batch):
-    torch.manual_seed(0)
-    model = SAM2(RECIPE.model).train()
     weights = LossWeights(identity=0.5)
-    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
-    scored = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights).run()
-    assert scored.loss.item() == pytest.approx(plain.loss.item() + 0.5 * scored.terms["identity"], rel=1e-5)
-    model.zero_grad()
-    (scored.loss - plain.loss.detach()).backward()
+    model, _, _ = with_term(batch, weights, "identity", 0.5)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.image_encoder.parameters())
     single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)
     assert "identity" not in ClipUnroll(model, single, PromptPlan("box"), np.random.default_rng(0), weights).run().terms
@@ -335,12 +338,8 @@ def test_memory_attention_term_labels_the_memories_the_tracked_frame_reads(batch
         return original(attention, query_labels, memory_labels)
 
     monkeypatch.setattr(unroll_module, "memory_attention_loss", spy)
-    torch.manual_seed(0)
-    model = SAM2(RECIPE.model).train()
     weights = LossWeights(memory_attention=0.5)
-    plain = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0)).run()
-    scored = ClipUnroll(model, batch, PromptPlan("mask"), np.random.default_rng(0), weights).run()
-    assert scored.loss.item() == pytest.approx(plain.loss.item() + 0.5 * scored.terms["attention"], rel=1e-5)
+    model, _, scored = with_term(batch, weights, "attention", 0.5)
     assert 0 < scored.terms["attention_mass"] < 1
     side = S // 16
     labels = object_cell_labels(batch.masks, batch.clip_index, side, side)
@@ -351,8 +350,6 @@ def test_memory_attention_term_labels_the_memories_the_tracked_frame_reads(batch
         frames = expected.get(t, [0, t - 2, t - 1])
         assert torch.equal(memory_labels, torch.cat([labels[f] for f in frames], dim=1))
         assert shape[2] == side * side and shape[3] > len(frames) * side * side  # then the pointer tokens
-    model.zero_grad()
-    (scored.loss - plain.loss.detach()).backward()
     for part in (model.memory_attention, model.memory_encoder):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     single = ClipBatch(batch.images[:1], batch.masks[:1], batch.clip_index)

@@ -15,9 +15,9 @@ from sam2_model.train import __main__ as train_cli
 from sam2_model.train import evaluate
 from sam2_model.train.data import TRAIN_SEED_BASE, ClipBatch, resize_masks, sample_batch, sample_frames, sample_window
 from sam2_model.train import unroll as unroll_module
-from sam2_model.train.losses import (BACKGROUND, UNLABELLED, LossWeights, dice_loss, focal_loss, identity_loss,
-                                     mask_iou, mask_prediction_loss, memory_attention_loss, memory_readout_loss,
-                                     object_cell_labels)
+from sam2_model.train.losses import (BACKGROUND, UNLABELLED, LossWeights, at_loss_size, dice_loss, focal_loss,
+                                     identity_loss, mask_iou, mask_prediction_loss, memory_attention_loss,
+                                     memory_readout_loss, object_cell_labels)
 from sam2_model.train.prompts import center_error_click, mask_box, noisy_box, random_error_click
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.train.recipes import MICRO_CONFIG, RECIPES, TEST_CONFIG
@@ -87,6 +87,43 @@ def test_absent_objects_get_only_the_presence_term():
     weighted = mask_prediction_loss(multimasks, torch.zeros(2, 1), scores, target, LossWeights(absent=10.0))
     expected = (math.log1p(math.exp(-2.0)) + 10 * math.log1p(math.exp(1.0))) / 2
     assert weighted["presence"].item() == pytest.approx(expected)
+
+
+def test_losses_on_a_coarser_grid_train_like_the_full_size_losses():
+    """at_loss_size: the input size gives the model's own upscaled masks; half of it pushes the decoder's logits
+    the same way (the gradients agree), at a quarter of the pixels."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(2, 1, 64, 64)
+    target[0, 0, 10:41, 7:30] = 1
+    target[1, 0, 33:60, 20:57] = 1
+    target[1, 0, 40:50, 30:45] = 0  # a hole
+    # a decent but imperfect prediction: the target's 16×16 coverage, noisy, as 3 candidates
+    coverage = torch.nn.functional.avg_pool2d(target, 4)
+    low_res = (8 * (coverage - 0.5)).repeat(1, 3, 1, 1) + torch.randn(2, 3, 16, 16, generator=g)
+    full_logits, full_target = at_loss_size(low_res, target, 64)
+    assert full_target is target
+    assert torch.equal(full_logits, torch.nn.functional.interpolate(low_res, size=(64, 64), mode="bilinear"))
+    logits, soft = at_loss_size(low_res, target, 32)
+    assert logits.shape == (2, 3, 32, 32) and soft.shape == (2, 1, 32, 32)
+    assert soft.sum().item() == pytest.approx(target.sum().item() / 4)  # coverage keeps the area
+
+    def gradient(loss, mask_target, size):
+        x = low_res.clone().requires_grad_(True)
+        loss(*at_loss_size(x, mask_target, size)).sum().backward()
+        return x.grad.flatten()
+
+    for loss in (focal_loss, dice_loss):
+        full = gradient(loss, target, 64)
+        assert torch.cosine_similarity(gradient(loss, target, 32), full, dim=0) > 0.85  # focal 0.89, dice 0.98
+        # a misplaced target pushes elsewhere: the check can fail
+        shifted = torch.roll(target, shifts=(6, 6), dims=(2, 3))
+        assert torch.cosine_similarity(gradient(loss, shifted, 32), full, dim=0) < 0.5
+    # a one-pixel object is still present on the coarse grid
+    speck = torch.zeros(1, 1, 64, 64)
+    speck[0, 0, 5, 5] = 1
+    logits, soft = at_loss_size(low_res[:1], speck, 32)
+    out = mask_prediction_loss(logits, torch.zeros(1, 3), torch.tensor([[2.0]]), soft)
+    assert out["presence"].item() == pytest.approx(math.log1p(math.exp(-2.0)))
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
@@ -556,15 +593,16 @@ def test_cli_passes_the_memory_path_options(tmp_path):
             "--memory-attention-bias", "5", "--mask-memory-gain", "10", "--embedding-penalty", "0.01",
             "--memory-readout", "2", "--focal-weight", "2", "--dice-weight", "1.5", "--presence-weight", "4",
             "--image-warmup", "0.25", "--image-videos", "3", "--ema-decay", "0.9", "--prompt-attention-gain", "3",
-            "--identity-weight", "0.5", "--memory-attention-weight", "0.25"]
+            "--identity-weight", "0.5", "--memory-attention-weight", "0.25", "--loss-size", "32"]
     recipe = train_cli.main(args).recipe
+    assert recipe.loss_size == 32
     assert (recipe.memory_attention_bias, recipe.mask_memory_gain) == (5.0, 10.0)
     assert (recipe.loss.embedding, recipe.loss.memory_readout, recipe.loss.identity) == (0.01, 2.0, 0.5)
     assert recipe.loss.memory_attention == 0.25
     assert (recipe.loss.focal, recipe.loss.dice, recipe.loss.presence, recipe.image_warmup) == (2.0, 1.5, 4.0, 0.25)
     assert (recipe.data.image_videos, recipe.ema_decay, recipe.prompt_attention_gain) == (3, 0.9, 3.0)
     defaults = dict(memory_attention_bias=0.0, mask_memory_gain=1.0, loss=RECIPE.loss, image_warmup=0.0,
-                    data=RECIPE.data, ema_decay=0.0, prompt_attention_gain=0.0)
+                    data=RECIPE.data, ema_decay=0.0, prompt_attention_gain=0.0, loss_size=0)
     assert recipe.replace(**defaults) == RECIPE
 
 

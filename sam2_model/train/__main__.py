@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     parser.add_argument("--memory-attention-bias", type=float, help="init_memory_path's attention bias")
     parser.add_argument("--mask-memory-gain", type=float, help="init_memory_path's mask gain")
     parser.add_argument("--prompt-attention-gain", type=float, help="init_prompt_attention's gain")
+    parser.add_argument("--loss-size", type=int, help="side of the grid the mask losses are computed on")
     parser.add_argument("--focal-weight", type=float, help="LossWeights.focal")
     parser.add_argument("--dice-weight", type=float, help="LossWeights.dice")
     parser.add_argument("--presence-weight", type=float, help="LossWeights.presence")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> Trainer:
     changes = {"batch_clips": args.batch_clips, "lr": args.lr, "p_image": args.p_image,
                "image_warmup": args.image_warmup, "memory_attention_bias": args.memory_attention_bias,
                "mask_memory_gain": args.mask_memory_gain, "ema_decay": args.ema_decay,
-               "prompt_attention_gain": args.prompt_attention_gain}
+               "prompt_attention_gain": args.prompt_attention_gain, "loss_size": args.loss_size}
     recipe = recipe.replace(**{k: v for k, v in changes.items() if v is not None})
     if args.image_videos is not None:
         recipe = recipe.replace(data=dataclasses.replace(recipe.data, image_videos=args.image_videos))

@@ -74,6 +74,20 @@ def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
+def at_loss_size(low_res_logits: Tensor, target: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Bring a decoder output and its target to the size×size grid the mask losses are computed on.
+
+    low_res_logits: B×M×h×w, upsampled bilinearly (as the model upscales its masks); target: B×1×S×S {0, 1},
+    area-averaged to size×size (soft: each cell's coverage) unless size is S. -> (B×M×size×size, B×1×size×size).
+    SAM 2 computes the losses at the input size; a coarser grid (S/2) keeps the sub-cell boundary supervision of
+    the 4× upsampling at a quarter of the cost.
+    """
+    logits = F.interpolate(low_res_logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+    if target.shape[-1] != size:
+        target = F.adaptive_avg_pool2d(target.float(), (size, size))
+    return logits, target
+
+
 def mask_prediction_loss(
     multimasks: Tensor,
     ious: Tensor,
@@ -84,11 +98,12 @@ def mask_prediction_loss(
     """Loss of one decoder output for B objects.
 
     multimasks: B×M×H×W candidate logits at the target's resolution; ious: B×M predicted IoUs;
-    object_score: B×1 presence logit; target: B×1×H×W {0,1} ground truth (an all-zero mask = absent object).
+    object_score: B×1 presence logit; target: B×1×H×W ground truth in [0, 1] (soft after `at_loss_size`; an
+    all-zero mask is an absent object).
     -> {"loss": weighted total, "focal", "dice", "iou", "presence": per-term means, "best": B candidate index}.
     """
     target = target.to(multimasks.dtype)
-    present = (target.flatten(1) > 0.5).any(dim=1).to(multimasks.dtype)  # B
+    present = (target.flatten(1) > 0).any(dim=1).to(multimasks.dtype)  # B
     focal = focal_loss(multimasks, target)
     dice = dice_loss(multimasks, target)
     best = (weights.focal * focal + weights.dice * dice).argmin(dim=1)  # B

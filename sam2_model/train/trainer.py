@@ -47,6 +47,8 @@ class Recipe:
     prompt_attention_gain: initialisation of the decoder's cross-attentions (`init_prompt_attention`; 0: default).
     ema_decay: the written model is an exponential moving average of the trained weights with this decay per step
     (0: the trained weights themselves); averaging smooths the noise of one-clip steps.
+    loss_size: side of the grid the mask losses are computed on (0: the model's input size, as in SAM 2; see
+    `losses.at_loss_size`).
     """
 
     model: SAM2Config
@@ -69,6 +71,7 @@ class Recipe:
     mask_memory_gain: float = 1.0
     prompt_attention_gain: float = 0.0
     ema_decay: float = 0.0
+    loss_size: int = 0
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -132,7 +135,7 @@ class Trainer:
                 (decay if p.ndim >= 2 else no_decay).append(p)
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=recipe.lr,
+            lr=recipe.lr, foreach=True,  # one kernel per step over all tensors: 16 ms instead of 27 (micro, CPU)
         )
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema_decay),
                                  use_buffers=True) if recipe.ema_decay else None
@@ -157,7 +160,7 @@ class Trainer:
         torch.manual_seed(data.torch_seed)  # dropout
         batch, plan, rng = data.batch, data.plan, data.rng
         batch = batch.to(self.device)
-        result = ClipUnroll(self.model, batch, plan, rng, r.loss, self.readout).run()
+        result = ClipUnroll(self.model, batch, plan, rng, r.loss, self.readout, r.loss_size or None).run()
         lr = self.lr_at(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -25,8 +25,8 @@ from ..sam2 import SAM2, FrameFeatures, MaskPrediction
 from ..video.memory_bank import FrameOutput, ObjectState
 from ..video.session import pack_memory, select_for
 from .data import ClipBatch
-from .losses import (LossWeights, identity_loss, mask_prediction_loss, memory_attention_loss, memory_readout_loss,
-                     object_cell_labels)
+from .losses import (LossWeights, at_loss_size, identity_loss, mask_prediction_loss, memory_attention_loss,
+                     memory_readout_loss, object_cell_labels)
 from .prompts import noisy_box, random_error_click
 
 PROMPT_KINDS = ("mask", "box", "click")
@@ -65,11 +65,14 @@ class ClipUnroll:
     """One forward pass of SAM 2 over a ClipBatch with a PromptPlan; `run()` returns the loss.
 
     readout: a training-only head (D -> 1 channel) that reads a coarse mask out of each tracked frame's
-    memory-conditioned features, supervised with weight `weights.memory_readout`; None: no such term."""
+    memory-conditioned features, supervised with weight `weights.memory_readout`; None: no such term.
+    loss_size: side of the grid the mask losses are computed on (`at_loss_size`); None: the model's input size."""
 
     def __init__(self, model: SAM2, batch: ClipBatch, plan: PromptPlan, rng: np.random.Generator,
-                 weights: LossWeights = LossWeights(), readout: torch.nn.Module | None = None):
+                 weights: LossWeights = LossWeights(), readout: torch.nn.Module | None = None,
+                 loss_size: int | None = None):
         self.model, self.batch, self.plan, self.rng, self.weights = model, batch, plan, rng, weights
+        self.loss_size = loss_size or model.config.image_size
         self.readout = readout if weights.memory_readout else None
         self.readout_losses: list[Tensor] = []
         self.attention_losses: list[Tensor] = []
@@ -185,8 +188,8 @@ class ClipUnroll:
         return pred
 
     def _supervise(self, pred: MaskPrediction, target: Tensor) -> None:
-        out = mask_prediction_loss(self.model.upscale(pred.multimasks), pred.ious, pred.object_score, target,
-                                   self.weights)
+        logits, target = at_loss_size(pred.multimasks, target, self.loss_size)
+        out = mask_prediction_loss(logits, pred.ious, pred.object_score, target, self.weights)
         self.losses.append(out["loss"])
         for key in ("loss", "focal", "dice", "iou", "presence"):
             self.terms[key] = self.terms.get(key, 0.0) + float(out[key].detach())

@@ -220,10 +220,10 @@ class SAM2(nn.Module):
         h, w = frame_hw
         return xy.float() / torch.tensor([w, h], dtype=torch.float32) * self.config.image_size
 
-    def upscale(self, low_res: Tensor) -> Tensor:
-        """B×M×4h×4w -> B×M×S×S logits (bilinear)."""
-        size = (self.config.image_size, self.config.image_size)
-        return F.interpolate(low_res.float(), size=size, mode="bilinear", align_corners=False)
+    def upscale(self, low_res: Tensor, size: int | None = None) -> Tensor:
+        """B×M×4h×4w -> B×M×size×size logits (bilinear; size: the input size S unless given)."""
+        side = size or self.config.image_size
+        return F.interpolate(low_res.float(), size=(side, side), mode="bilinear", align_corners=False)
 
     def condition_on_memory(
         self, features: FrameFeatures, memory: Tensor | None, memory_pos: Tensor | None, num_ptr_tokens: int

@@ -15,7 +15,7 @@ from sam2_model.train import __main__ as train_cli
 from sam2_model.train import evaluate
 from sam2_model.train.data import TRAIN_SEED_BASE, ClipBatch, resize_masks, sample_batch, sample_frames, sample_window
 from sam2_model.train import unroll as unroll_module
-from sam2_model.train.losses import (BACKGROUND, UNLABELLED, LossWeights, at_loss_size, dice_loss, focal_loss,
+from sam2_model.train.losses import (BACKGROUND, UNLABELLED, LossWeights, coverage, dice_loss, focal_loss,
                                      identity_loss, mask_iou, mask_prediction_loss, memory_attention_loss,
                                      memory_readout_loss, object_cell_labels)
 from sam2_model.train.prompts import center_error_click, mask_box, noisy_box, random_error_click
@@ -90,18 +90,24 @@ def test_absent_objects_get_only_the_presence_term():
 
 
 def test_losses_on_a_coarser_grid_train_like_the_full_size_losses():
-    """at_loss_size: the input size gives the model's own upscaled masks; half of it pushes the decoder's logits
-    the same way (the gradients agree), at a quarter of the pixels."""
+    """The unroll's loss grid (the masks upscaled to it, the target's coverage of it): the input size gives the
+    model's own upscaled masks; half of it pushes the decoder's logits the same way (the gradients agree), at a
+    quarter of the pixels."""
+    model = SAM2(RECIPE.model)  # 64 px input, 16×16 low-res masks
+
+    def at_loss_size(logits, mask_target, size):
+        return model.upscale(logits, size), coverage(mask_target, (size, size))
+
     g = torch.Generator().manual_seed(0)
     target = torch.zeros(2, 1, 64, 64)
     target[0, 0, 10:41, 7:30] = 1
     target[1, 0, 33:60, 20:57] = 1
     target[1, 0, 40:50, 30:45] = 0  # a hole
     # a decent but imperfect prediction: the target's 16×16 coverage, noisy, as 3 candidates
-    coverage = torch.nn.functional.avg_pool2d(target, 4)
-    low_res = (8 * (coverage - 0.5)).repeat(1, 3, 1, 1) + torch.randn(2, 3, 16, 16, generator=g)
+    low_res = (8 * (coverage(target, (16, 16)) - 0.5)).repeat(1, 3, 1, 1) + torch.randn(2, 3, 16, 16, generator=g)
     full_logits, full_target = at_loss_size(low_res, target, 64)
     assert full_target is target
+    assert torch.equal(full_logits, model.upscale(low_res))
     assert torch.equal(full_logits, torch.nn.functional.interpolate(low_res, size=(64, 64), mode="bilinear"))
     logits, soft = at_loss_size(low_res, target, 32)
     assert logits.shape == (2, 3, 32, 32) and soft.shape == (2, 1, 32, 32)

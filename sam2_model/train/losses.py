@@ -74,18 +74,16 @@ def mask_iou(logits: Tensor, target: Tensor) -> Tensor:
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
 
 
-def at_loss_size(low_res_logits: Tensor, target: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Bring a decoder output and its target to the size×size grid the mask losses are computed on.
+def coverage(target: Tensor, size: tuple[int, int]) -> Tensor:
+    """Each cell's covered share of a B×C×H×W {0, 1} target on an h×w grid (H, W multiples of h, w): B×C×h×w
+    (the target itself when the grid is its own size).
 
-    low_res_logits: B×M×h×w, upsampled bilinearly (as the model upscales its masks); target: B×1×S×S {0, 1},
-    area-averaged to size×size (soft: each cell's coverage) unless size is S. -> (B×M×size×size, B×1×size×size).
-    SAM 2 computes the losses at the input size; a coarser grid (S/2) keeps the sub-cell boundary supervision of
-    the 4× upsampling on a quarter of the pixels (train/README.md, "Steps decide": 23% faster image steps).
-    """
-    logits = F.interpolate(low_res_logits.float(), size=(size, size), mode="bilinear", align_corners=False)
-    if target.shape[-1] != size:
-        target = F.adaptive_avg_pool2d(target.float(), (size, size))
-    return logits, target
+    SAM 2 computes the mask losses at the input size; scored against the coverage of a coarser grid (S/2, the
+    logits upsampled to it), they keep the sub-cell boundary supervision of the 4× upsampling on a quarter of the
+    pixels (train/README.md, "Steps decide": 23% faster image steps)."""
+    if tuple(target.shape[-2:]) == tuple(size):
+        return target
+    return F.adaptive_avg_pool2d(target if target.is_floating_point() else target.float(), size)
 
 
 def mask_prediction_loss(
@@ -98,8 +96,8 @@ def mask_prediction_loss(
     """Loss of one decoder output for B objects.
 
     multimasks: B×M×H×W candidate logits at the target's resolution; ious: B×M predicted IoUs;
-    object_score: B×1 presence logit; target: B×1×H×W ground truth in [0, 1] (soft after `at_loss_size`; an
-    all-zero mask is an absent object).
+    object_score: B×1 presence logit; target: B×1×H×W ground truth in [0, 1] (soft: a `coverage`; an all-zero
+    mask is an absent object).
     -> {"loss": weighted total, "focal", "dice", "iou", "presence": per-term means, "best": B candidate index}.
     """
     target = target.to(multimasks.dtype)
@@ -126,8 +124,8 @@ def mask_prediction_loss(
 def memory_readout_loss(readout_logits: Tensor, target: Tensor) -> Tensor:
     """Binary cross-entropy of a coarse mask read out of memory-conditioned features against the target's
     coverage of each cell: B×1×h×w logits, B×1×H×W {0,1} target (H, W multiples of h, w) -> scalar."""
-    coverage = F.adaptive_avg_pool2d(target.to(readout_logits.dtype), readout_logits.shape[-2:])
-    return F.binary_cross_entropy_with_logits(readout_logits, coverage)
+    cells = coverage(target.to(readout_logits.dtype), readout_logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(readout_logits, cells)
 
 
 def cell_classes(masks: Tensor, h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:

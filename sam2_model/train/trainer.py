@@ -48,7 +48,7 @@ class Recipe:
     ema_decay: the written model is an exponential moving average of the trained weights with this decay per step
     (0: the trained weights themselves); averaging smooths the noise of one-clip steps.
     loss_size: side of the grid the mask losses are computed on (0: the model's input size, as in SAM 2; see
-    `losses.at_loss_size`).
+    `losses.coverage`).
     """
 
     model: SAM2Config
@@ -160,7 +160,7 @@ class Trainer:
         torch.manual_seed(data.torch_seed)  # dropout
         batch, plan, rng = data.batch, data.plan, data.rng
         batch = batch.to(self.device)
-        result = ClipUnroll(self.model, batch, plan, rng, r.loss, self.readout, r.loss_size or None).run()
+        result = ClipUnroll(self.model, batch, plan, rng, r.loss, self.readout, r.loss_size).run()
         lr = self.lr_at(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

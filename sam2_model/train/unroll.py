@@ -25,7 +25,7 @@ from ..sam2 import SAM2, FrameFeatures, MaskPrediction
 from ..video.memory_bank import FrameOutput, ObjectState
 from ..video.session import pack_memory, select_for
 from .data import ClipBatch
-from .losses import (LossWeights, at_loss_size, identity_loss, mask_prediction_loss, memory_attention_loss,
+from .losses import (LossWeights, coverage, identity_loss, mask_prediction_loss, memory_attention_loss,
                      memory_readout_loss, object_cell_labels)
 from .prompts import noisy_box, random_error_click
 
@@ -66,7 +66,8 @@ class ClipUnroll:
 
     readout: a training-only head (D -> 1 channel) that reads a coarse mask out of each tracked frame's
     memory-conditioned features, supervised with weight `weights.memory_readout`; None: no such term.
-    loss_size: side of the grid the mask losses are computed on (`at_loss_size`); None: the model's input size."""
+    loss_size: side of the grid the mask losses are computed on (the masks upscaled to it, the target's
+    `coverage` of it); 0 or None: the model's input size."""
 
     def __init__(self, model: SAM2, batch: ClipBatch, plan: PromptPlan, rng: np.random.Generator,
                  weights: LossWeights = LossWeights(), readout: torch.nn.Module | None = None,
@@ -188,8 +189,9 @@ class ClipUnroll:
         return pred
 
     def _supervise(self, pred: MaskPrediction, target: Tensor) -> None:
-        logits, target = at_loss_size(pred.multimasks, target, self.loss_size)
-        out = mask_prediction_loss(logits, pred.ious, pred.object_score, target, self.weights)
+        logits = self.model.upscale(pred.multimasks, self.loss_size)
+        out = mask_prediction_loss(logits, pred.ious, pred.object_score, coverage(target, logits.shape[-2:]),
+                                   self.weights)
         self.losses.append(out["loss"])
         for key in ("loss", "focal", "dice", "iou", "presence"):
             self.terms[key] = self.terms.get(key, 0.0) + float(out[key].detach())

@@ -9,7 +9,13 @@ Time limits (Label Studio gives up on /predict after 100 s):
 - interactive requests (params.context present) track for at most INTERACTIVE_BUDGET_S after the request
   arrived; the prompted frames are answered first, then as many frames as fit around the newest edit;
 - batch requests (Retrieve Predictions, context null) share PREDICT_BUDGET_S over all their tasks; tasks
-  reached after it get an empty prediction and are logged.
+  reached after it are logged and answered with NO_PREDICTION.
+A batch answer never holds an empty prediction: a task without prompts, whose media fails, or that the budget
+did not reach is answered with NO_PREDICTION (an empty list in its place in `results`), for which Label Studio
+stores nothing (label_studio/ml/models.py, `_get_predictions_from_ml_backend`, reads each task's answer as a
+list of predictions). A stored empty prediction of the current model version would make Label Studio skip the
+task in every later Retrieve Predictions (`predict_tasks`), and opening a task in the editor asks /predict for
+it (label_studio/tasks/api.py, `evaluate_predictions`).
 Work is kept in the task's session: asking again with unchanged prompts resumes the tracking, so repeated
 Retrieve Predictions complete long videos.
 """
@@ -36,11 +42,11 @@ from .labelconfig import parse_label_config
 from .media import MediaFetcher
 from .predict import TaskPredictor
 from .prompts import current_regions
-from .results import prediction
 from .sessions import SessionStore
 
 logger = logging.getLogger(__name__)
 
+NO_PREDICTION: list = []  # a batch task's answer that makes Label Studio store no prediction for it
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -207,7 +213,7 @@ class SAM2Backend:
                 logger.warning("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s left without prediction; "
                                "retrieve its predictions again", budget, task.get("id"))
                 self.count("tasks_skipped_budget")
-                results.append(prediction([], model_version=self.model_version))
+                results.append(NO_PREDICTION)
             else:
                 results.append(self._batch_task(task, config, regions, deadline))
         self.count("tasks", len(tasks))
@@ -222,17 +228,18 @@ class SAM2Backend:
                 raise BackendError('"label_config" is missing (and no /setup gave this project\'s config)')
         return label_config
 
-    def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float) -> dict:
-        """A batch task's prediction; a task whose own data is unusable gets an empty one (logged)."""
+    def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float) -> dict | list:
+        """A batch task's prediction; NO_PREDICTION when it has no region or its own data is unusable (logged)."""
         try:
-            return self.predictor.predict(task, config, regions, deadline)
+            answer = self.predictor.predict(task, config, regions, deadline)
+            return answer if answer["result"] else NO_PREDICTION
         except Exception as exc:
             answer = http_error(exc)
             if answer is None or answer[0] >= 500:
                 raise
             logger.warning("task %s: no prediction: %s", task.get("id"), answer[1])
             self.count("tasks_failed")
-            return prediction([], model_version=self.model_version)
+            return NO_PREDICTION
 
     def fit(self, event: str, data: Mapping[str, Any]) -> dict:
         """SAM 2 is not trained here; annotation events are acknowledged and otherwise ignored."""

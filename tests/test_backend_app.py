@@ -175,7 +175,7 @@ def test_batch_without_and_with_prompts(client, ls):
 @pytest.mark.parametrize("change, status, words", [
     ({"frame": N_FRAMES + 5}, 422, ["frame must be in 1..20"]),
     ({"x": 150.0}, 422, ["zero area inside the 64x48 frame"]),
-    ({"width": "wide"}, 422, ["must be numbers"]),
+    ({"width": "wide"}, 400, ["params.context.result[0].value.sequence[0].width:", "valid number"]),
 ])
 def test_bad_video_prompts(client, change, status, words):
     body = captured("predict_interactive")

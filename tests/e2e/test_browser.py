@@ -6,8 +6,8 @@ Label Studio as a person would, opens the video task and the image-sequence task
 editor loaded (its region list and its own store, `window.Htx`) with the predictions stored in Label Studio, and
 what it draws (its Konva canvas, `window.Konva`): the video box on every frame between keyframes and its absence
 where the object is out of the frame (a clip where the object leaves and comes back, with the true track written
-by backend.results), the user's brush mask on its page. Screenshots go to artifacts/e2e/. No browser is downloaded: Playwright drives /usr/bin/chromium
-(scripts/e2e_setup.sh installs it).
+by backend.results), the user's brush mask on its page. Screenshots go to artifacts/e2e/. No browser is
+downloaded: Playwright drives /usr/bin/chromium (scripts/e2e_setup.sh installs it).
 """
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ def ls(tmp_path_factory):
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, ls):
     tmp = tmp_path_factory.mktemp("backend")
-    return Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt")), device="cpu",
+    # seed 3: random weights whose masks are not empty on this clip (seed 0's are), so tracks hold computed keyframes
+    return Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt", seed=3)), device="cpu",
                     label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, media_cache_dir=str(tmp / "cache"),
                     interactive_budget_s=60.0, predict_budget_s=60.0, log_level="WARNING")
 
@@ -123,7 +124,7 @@ def test_unknown_routes_and_methods(client):
 # ---------------------------------------------------------------- video
 
 
-def _check_video_region(region: dict, user_item: dict) -> None:
+def _check_video_region(region: dict, user_item: dict, tracked: bool = True) -> None:
     value = region["value"]
     assert region["id"] == "userbox1" and region["type"] == "videorectangle"
     assert (region["from_name"], region["to_name"]) == ("box", "video")
@@ -136,6 +137,8 @@ def _check_video_region(region: dict, user_item: dict) -> None:
         {k: v for k, v in user_item.items() if k != "enabled"}  # the user's keyframe, as drawn
     for k in value["sequence"]:
         assert k["time"] == pytest.approx((k["frame"] - 1) / FPS)
+    if tracked:
+        assert any(AUTO_KEY in k for k in value["sequence"]), "no computed keyframe: the track never left the prompt"
 
 
 def test_interactive_video_on_captured_payload(client, ls):
@@ -217,7 +220,7 @@ def test_interactive_budget_answers_the_prompted_frame(settings):
     app = create_app(Settings(**{**settings.__dict__, "interactive_budget_s": 1e-6}), model=small_model())
     body = captured("predict_interactive")
     [region] = _ok(app.test_client().post("/predict", json=body))["results"][0]["result"]
-    _check_video_region(region, body["params"]["context"]["result"][0]["value"]["sequence"][0])
+    _check_video_region(region, body["params"]["context"]["result"][0]["value"]["sequence"][0], tracked=False)
     [entry] = app.extensions["sam2_backend"].store._entries.values()
     assert len(entry.value.progress.covered()) == 0 and entry.value.frames() == [0]  # only the prompted frame
 

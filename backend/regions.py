@@ -65,15 +65,20 @@ class Region(_Schema):
     value: Any = None
 
 
-class Keyframe(_Schema):
-    """One item of a videorectangle's value.sequence (percent of the frame, 1-based frame)."""
+class _Box(_Schema):
+    """A rectangle in percent of the frame (rotation in degrees)."""
 
-    frame: Number
     x: Number
     y: Number
     width: Number
     height: Number
     rotation: Number | None = None
+
+
+class Keyframe(_Box):
+    """One item of a videorectangle's value.sequence (1-based frame)."""
+
+    frame: Number
     time: Number | None = None
     enabled: StrictBool = True
 
@@ -94,12 +99,7 @@ class KeyPointValue(_Schema):
     is_positive: StrictBool | None = None
 
 
-class RectangleValue(_Schema):
-    x: Number
-    y: Number
-    width: Number
-    height: Number
-    rotation: Number | None = None
+class RectangleValue(_Box):
     rectanglelabels: Labels | None = None
 
 

@@ -19,16 +19,11 @@ from backend.prompts import decode_bitmask, decode_brush
 from backend.results import AUTO_KEY, mask_to_bitmask, mask_to_brush
 from config.settings import Settings
 from tests.backend_helpers import (
-    FPS, H, N_FRAMES, VIDEO_PATH, W, captured, clip_frames, h264_bytes, png_bytes, small_model, write_checkpoint,
+    FPS, H, N_FRAMES, SEQ_XML, VIDEO_PATH, W, backend_settings, captured, clip_frames, h264_bytes, png_bytes,
+    small_model,
 )
-from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio
+from tests.fake_label_studio import FakeLabelStudio
 
-SEQ_XML = """<View>
-  <Image name="frames" valueList="$frames"/>
-  <KeyPointLabels name="kp" toName="frames" smart="true"><Label value="Car"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="frames" smart="true"><Label value="Car"/></RectangleLabels>
-  <BrushLabels name="brush" toName="frames"><Label value="Car"/></BrushLabels>
-</View>"""
 IMAGE_XML = """<View>
   <Image name="image" value="$image"/>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Car"/></KeyPointLabels>
@@ -51,11 +46,8 @@ def ls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, ls):
-    tmp = tmp_path_factory.mktemp("backend")
-    # seed 3: random weights whose masks are not empty on this clip (seed 0's are), so tracks hold computed keyframes
-    return Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt", seed=3)), device="cpu",
-                    label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, media_cache_dir=str(tmp / "cache"),
-                    interactive_budget_s=60.0, predict_budget_s=60.0, log_level="WARNING")
+    return backend_settings(tmp_path_factory.mktemp("backend"), ls.url, interactive_budget_s=60.0,
+                            predict_budget_s=60.0)
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,8 @@ import pytest
 from PIL import Image
 
 from backend.app import create_app
-from config.settings import Settings
-from tests.backend_helpers import FPS, H, N_FRAMES, VIDEO_PATH, W, h264_bytes, write_checkpoint
-from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio
+from tests.backend_helpers import FPS, H, N_FRAMES, VIDEO_PATH, W, backend_settings, h264_bytes
+from tests.fake_label_studio import FakeLabelStudio
 
 EVENTS_DIR = Path(__file__).resolve().parent / "data" / "events"
 
@@ -47,13 +46,7 @@ def ls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, ls):
-    tmp = tmp_path_factory.mktemp("backend")
-    # seed 3: random weights whose masks are neither empty nor full on this clip (seed 0's are all empty, which
-    # would let the comparisons below pass without a mask sent)
-    settings = Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt", seed=3)), device="cpu",
-                        label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN,
-                        media_cache_dir=str(tmp / "cache"), log_level="WARNING")
-    app = create_app(settings)
+    app = create_app(backend_settings(tmp_path_factory.mktemp("backend"), ls.url))
     yield app
     app.extensions["sam2_backend"].close()
 

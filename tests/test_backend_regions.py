@@ -20,22 +20,15 @@ from hypothesis import strategies as st
 from backend.app import create_app
 from backend.regions import checked_request
 from backend.results import mask_to_bitmask, mask_to_brush, masklet_to_videorectangle
-from config.settings import Settings
 from tests.backend_helpers import (
-    FPS, H, N_FRAMES, VIDEO_PATH, W, captured, clip_frames, h264_bytes, png_bytes, write_checkpoint,
+    FPS, H, N_FRAMES, SEQ_XML, VIDEO_PATH, W, backend_settings, captured, clip_frames, h264_bytes, png_bytes,
 )
-from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio
+from tests.fake_label_studio import FakeLabelStudio
 
 ROOT = Path(__file__).resolve().parent
 NOTES = Path("/work/shared/notes/label-studio-1.23.2-requests.json")
 MAX_FRAMES = 2
 SEQ_LEN = 3
-SEQ_XML = """<View>
-  <Image name="frames" valueList="$frames"/>
-  <KeyPointLabels name="kp" toName="frames" smart="true"><Label value="Car"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="frames" smart="true"><Label value="Car"/></RectangleLabels>
-  <BrushLabels name="brush" toName="frames"><Label value="Car"/></BrushLabels>
-</View>"""
 FUZZ = hypothesis.settings(max_examples=60, deadline=None, database=None, derandomize=True,
                            suppress_health_check=list(HealthCheck))
 
@@ -52,11 +45,7 @@ def ls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, ls):
-    tmp = tmp_path_factory.mktemp("backend")
-    settings = Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt")), device="cpu",
-                        label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, media_cache_dir=str(tmp / "cache"),
-                        max_propagation_frames=MAX_FRAMES, log_level="WARNING")
-    app = create_app(settings)
+    app = create_app(backend_settings(tmp_path_factory.mktemp("backend"), ls.url, max_propagation_frames=MAX_FRAMES))
     yield app
     app.extensions["sam2_backend"].close()
 
@@ -291,32 +280,25 @@ def _check_answer(response, where: str, index: int, interactive: bool) -> None:
 CASES = [(where, True) for where in PLACES] + [(where, False) for where in ("annotations", "drafts", "predictions")]
 
 
-@pytest.mark.parametrize("where, interactive", CASES)
-def test_fuzz_video_regions(client, where, interactive):
-    regions = list(video_regions().values())
-
+def _fuzz(client, regions: list[dict], make_body, where: str, interactive: bool) -> None:
     @FUZZ
     @hypothesis.given(change=mutated(regions))
     def run(change):
         changed, index = change
-        body = video_body(where, changed)
+        body = make_body(where, changed)
         _check_answer(client.post("/predict", json=body if interactive else batch(body)), where, index, interactive)
 
     run()
+
+
+@pytest.mark.parametrize("where, interactive", CASES)
+def test_fuzz_video_regions(client, where, interactive):
+    _fuzz(client, list(video_regions().values()), video_body, where, interactive)
 
 
 @pytest.mark.parametrize("where, interactive", [("context", True), ("drafts", True), ("drafts", False)])
 def test_fuzz_image_sequence_regions(client, where, interactive):
-    regions = list(sequence_regions().values())
-
-    @FUZZ
-    @hypothesis.given(change=mutated(regions))
-    def run(change):
-        changed, index = change
-        body = sequence_body(where, changed)
-        _check_answer(client.post("/predict", json=body if interactive else batch(body)), where, index, interactive)
-
-    run()
+    _fuzz(client, list(sequence_regions().values()), sequence_body, where, interactive)
 
 
 @pytest.mark.parametrize("interactive", [True, False], ids=["interactive", "batch"])

@@ -5,7 +5,7 @@ and `predictions[].result`, and the annotation, draft and prediction objects aro
 per region type the backend reads (videorectangle, keypointlabels, rectanglelabels, brushlabels, bitmasklabels);
 a region of any other type needs only the fields every region shares (it is ignored by prompts.py).
 
-The schema holds the types and shapes the backend relies on, nothing more: extra fields are allowed everywhere
+The schema holds the types and shapes the backend reads, nothing more: extra fields are allowed everywhere
 (Label Studio sends many), optional fields may be missing (the event protocol's prompts carry no id or
 from_name). Values that are well-formed but unusable (a keyframe past the video, a box outside the frame) are
 prompts.py's to refuse (422).
@@ -56,11 +56,8 @@ class Region(_Schema):
     type: StrictStr
     from_name: StrictStr | None = None
     to_name: StrictStr | None = None
-    origin: StrictStr | None = None
     parentID: StrictStr | None = None
     item_index: StrictInt | None = None
-    original_width: Size | None = None
-    original_height: Size | None = None
     is_positive: StrictBool | None = None
     value: Any = None
 
@@ -79,21 +76,17 @@ class Keyframe(_Box):
     """One item of a videorectangle's value.sequence (1-based frame)."""
 
     frame: Number
-    time: Number | None = None
     enabled: StrictBool = True
 
 
 class VideoRectangleValue(_Schema):
     sequence: list[Keyframe] = []
     labels: Labels | None = None
-    framesCount: StrictInt | None = None
-    duration: Number | None = None
 
 
 class KeyPointValue(_Schema):
     x: Number
     y: Number
-    width: Number | None = None
     keypointlabels: Labels | None = None
     positive: StrictBool | None = None
     is_positive: StrictBool | None = None
@@ -128,6 +121,8 @@ class RectangleRegion(Region):
 
 class BrushRegion(Region):
     value: BrushValue
+    original_width: Size | None = None
+    original_height: Size | None = None
 
 
 class BitmaskRegion(Region):

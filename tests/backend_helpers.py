@@ -49,9 +49,9 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def backend_settings(tmp: Path, ls_url: str, **changes) -> Settings:
-    """Settings of a test backend: a TRACKING_SEED checkpoint in `tmp`, CPU, media from the fake Label Studio."""
-    return Settings(**{"sam2_checkpoint": str(write_checkpoint(tmp / "backend_test.pt", seed=TRACKING_SEED)),
+def backend_settings(tmp: Path, ls_url: str, seed: int = TRACKING_SEED, **changes) -> Settings:
+    """Settings of a test backend: a checkpoint of `seed` in `tmp`, CPU, media from the fake Label Studio."""
+    return Settings(**{"sam2_checkpoint": str(write_checkpoint(tmp / "backend_test.pt", seed=seed)),
                        "device": "cpu", "label_studio_url": ls_url, "label_studio_api_key": LEGACY_TOKEN,
                        "media_cache_dir": str(tmp / "cache"), "log_level": "WARNING", **changes})
 

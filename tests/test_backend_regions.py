@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 NOTES = Path("/work/shared/notes/label-studio-1.23.2-requests.json")
 MAX_FRAMES = 2
 SEQ_LEN = 3
-FUZZ = hypothesis.settings(max_examples=60, deadline=None, database=None, derandomize=True,
+FUZZ = hypothesis.settings(max_examples=40, deadline=None, database=None, derandomize=True,
                            suppress_health_check=list(HealthCheck))
 
 
@@ -45,7 +45,9 @@ def ls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, ls):
-    app = create_app(backend_settings(tmp_path_factory.mktemp("backend"), ls.url, max_propagation_frames=MAX_FRAMES))
+    # seed 0: its masks are empty, which costs the least per request; what is checked here is the answer's status
+    app = create_app(backend_settings(tmp_path_factory.mktemp("backend"), ls.url, seed=0,
+                                      max_propagation_frames=MAX_FRAMES))
     yield app
     app.extensions["sam2_backend"].close()
 

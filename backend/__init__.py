@@ -6,6 +6,7 @@ and Label Studio's JSON:
 
 - `labelconfig`: what kind of project a label config describes (video, image sequence, image),
   which tags carry the media, the prompts and the output.
+- `regions`: the schema every region of a request is checked against before use (bad ones: 400 or left out).
 - `prompts`: Label Studio regions (interactive context, drafts, annotations) -> `ObjectPrompts`.
 - `results`: model output (per-frame boxes or masks) -> Label Studio results
   (videorectangle keyframes, brush RLE, bitmask PNG).

@@ -42,6 +42,7 @@ from .labelconfig import parse_label_config
 from .media import MediaFetcher
 from .predict import TaskPredictor
 from .prompts import current_regions
+from .regions import checked_request
 from .sessions import SessionStore
 
 logger = logging.getLogger(__name__)
@@ -192,8 +193,9 @@ class SAM2Backend:
         started: float | None = None,
     ) -> dict:
         """One prediction per task, in order. context None = batch (prompts from annotations/drafts); a context
-        with an "event" goes to the event protocol (events.py)."""
+        with an "event" goes to the event protocol (events.py). Regions are checked first (regions.py)."""
         started = self.clock() if started is None else started
+        tasks, context = checked_request(tasks, context)
         event = (context or {}).get("event")
         if event is not None:
             self.count(f"event_{event}" if event in EVENTS else "event_unknown")

@@ -55,6 +55,7 @@ from .labelconfig import LabelConfig
 from .results import is_computed_keyframe, is_user_enabled
 
 POINT_SLACK_PX = 1.0
+MAX_BRUSH_SCALE = 16  # a brush's original_width x original_height: at most this many times the frame's pixels
 
 
 class PromptError(ValueError):
@@ -192,11 +193,19 @@ def decode_brush(region: Mapping[str, Any], width: int, height: int) -> np.ndarr
     if value.get("format") != "rle" or not isinstance(value.get("rle"), list):
         raise PromptError(f"brush region {region.get('id')}: only format 'rle' is supported")
     ow, oh = region.get("original_width") or width, region.get("original_height") or height
-    flat = decode_rle(value["rle"])
-    if flat.size != ow * oh * 4:
+    rle = value["rle"]
+    if ow * oh > MAX_BRUSH_SCALE * width * height:
+        raise PromptError(f"brush region {region.get('id')}: original size {ow}x{oh} is far larger than the "
+                          f"{width}x{height} frame")
+    size = int.from_bytes(bytes(rle[:4]), "big") if len(rle) >= 4 else 0  # the RLE header: number of values
+    if size != ow * oh * 4:
         raise PromptError(
-            f"brush region {region.get('id')}: RLE holds {flat.size} values, expected {ow}x{oh}x4 = {ow * oh * 4}"
+            f"brush region {region.get('id')}: RLE holds {size} values, expected {ow}x{oh}x4 = {ow * oh * 4}"
         )
+    try:
+        flat = decode_rle(rle)
+    except (ValueError, IndexError, OverflowError) as exc:  # truncated or corrupt RLE
+        raise PromptError(f"brush region {region.get('id')}: cannot decode the RLE ({exc})") from None
     return _resize_nearest(flat.reshape(oh, ow, 4)[:, :, 3] >= 128, width, height)
 
 

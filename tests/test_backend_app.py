@@ -19,16 +19,11 @@ from backend.prompts import decode_bitmask, decode_brush
 from backend.results import AUTO_KEY, mask_to_bitmask, mask_to_brush
 from config.settings import Settings
 from tests.backend_helpers import (
-    FPS, H, N_FRAMES, VIDEO_PATH, W, captured, clip_frames, h264_bytes, png_bytes, small_model, write_checkpoint,
+    FPS, H, N_FRAMES, SEQ_XML, VIDEO_PATH, W, backend_settings, captured, clip_frames, h264_bytes, png_bytes,
+    small_model,
 )
-from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio
+from tests.fake_label_studio import FakeLabelStudio
 
-SEQ_XML = """<View>
-  <Image name="frames" valueList="$frames"/>
-  <KeyPointLabels name="kp" toName="frames" smart="true"><Label value="Car"/></KeyPointLabels>
-  <RectangleLabels name="rect" toName="frames" smart="true"><Label value="Car"/></RectangleLabels>
-  <BrushLabels name="brush" toName="frames"><Label value="Car"/></BrushLabels>
-</View>"""
 IMAGE_XML = """<View>
   <Image name="image" value="$image"/>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Car"/></KeyPointLabels>
@@ -51,10 +46,8 @@ def ls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory, ls):
-    tmp = tmp_path_factory.mktemp("backend")
-    return Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt")), device="cpu",
-                    label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN, media_cache_dir=str(tmp / "cache"),
-                    interactive_budget_s=60.0, predict_budget_s=60.0, log_level="WARNING")
+    return backend_settings(tmp_path_factory.mktemp("backend"), ls.url, interactive_budget_s=60.0,
+                            predict_budget_s=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +116,7 @@ def test_unknown_routes_and_methods(client):
 # ---------------------------------------------------------------- video
 
 
-def _check_video_region(region: dict, user_item: dict) -> None:
+def _check_video_region(region: dict, user_item: dict, tracked: bool = True) -> None:
     value = region["value"]
     assert region["id"] == "userbox1" and region["type"] == "videorectangle"
     assert (region["from_name"], region["to_name"]) == ("box", "video")
@@ -136,6 +129,8 @@ def _check_video_region(region: dict, user_item: dict) -> None:
         {k: v for k, v in user_item.items() if k != "enabled"}  # the user's keyframe, as drawn
     for k in value["sequence"]:
         assert k["time"] == pytest.approx((k["frame"] - 1) / FPS)
+    if tracked:
+        assert any(AUTO_KEY in k for k in value["sequence"]), "no computed keyframe: the track never left the prompt"
 
 
 def test_interactive_video_on_captured_payload(client, ls):
@@ -175,7 +170,7 @@ def test_batch_without_and_with_prompts(client, ls):
 @pytest.mark.parametrize("change, status, words", [
     ({"frame": N_FRAMES + 5}, 422, ["frame must be in 1..20"]),
     ({"x": 150.0}, 422, ["zero area inside the 64x48 frame"]),
-    ({"width": "wide"}, 422, ["must be numbers"]),
+    ({"width": "wide"}, 400, ["params.context.result[0].value.sequence[0].width:", "valid number"]),
 ])
 def test_bad_video_prompts(client, change, status, words):
     body = captured("predict_interactive")
@@ -217,7 +212,7 @@ def test_interactive_budget_answers_the_prompted_frame(settings):
     app = create_app(Settings(**{**settings.__dict__, "interactive_budget_s": 1e-6}), model=small_model())
     body = captured("predict_interactive")
     [region] = _ok(app.test_client().post("/predict", json=body))["results"][0]["result"]
-    _check_video_region(region, body["params"]["context"]["result"][0]["value"]["sequence"][0])
+    _check_video_region(region, body["params"]["context"]["result"][0]["value"]["sequence"][0], tracked=False)
     [entry] = app.extensions["sam2_backend"].store._entries.values()
     assert len(entry.value.progress.covered()) == 0 and entry.value.frames() == [0]  # only the prompted frame
 

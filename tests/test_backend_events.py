@@ -23,9 +23,8 @@ import pytest
 from PIL import Image
 
 from backend.app import create_app
-from config.settings import Settings
-from tests.backend_helpers import FPS, H, N_FRAMES, VIDEO_PATH, W, h264_bytes, write_checkpoint
-from tests.fake_label_studio import LEGACY_TOKEN, FakeLabelStudio
+from tests.backend_helpers import FPS, H, N_FRAMES, VIDEO_PATH, W, backend_settings, h264_bytes
+from tests.fake_label_studio import FakeLabelStudio
 
 EVENTS_DIR = Path(__file__).resolve().parent / "data" / "events"
 
@@ -47,11 +46,7 @@ def ls(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, ls):
-    tmp = tmp_path_factory.mktemp("backend")
-    settings = Settings(sam2_checkpoint=str(write_checkpoint(tmp / "backend_test.pt")), device="cpu",
-                        label_studio_url=ls.url, label_studio_api_key=LEGACY_TOKEN,
-                        media_cache_dir=str(tmp / "cache"), log_level="WARNING")
-    app = create_app(settings)
+    app = create_app(backend_settings(tmp_path_factory.mktemp("backend"), ls.url))
     yield app
     app.extensions["sam2_backend"].close()
 
@@ -111,6 +106,13 @@ def session_mask(backend, task_id: int, frame: int, obj: str) -> np.ndarray:
         return result.masks[result.obj_ids.index(obj)]
 
 
+def assert_sent_mask(url: str, backend, task_id: int, frame: int, obj: str) -> None:
+    """The PNG sent is the session's mask of `obj` on `frame`, and shows something (neither empty nor full)."""
+    mask = decode(url)
+    np.testing.assert_array_equal(mask, session_mask(backend, task_id, frame, obj))
+    assert 0 < mask.sum() < mask.size, f"object {obj} on frame {frame}: {mask.sum()} of {mask.size} pixels"
+
+
 def poll(client, task_id: int, session_id: str, timeout: float = 30.0) -> tuple[list[dict], dict]:
     """track_progress until done: (all frame entries in delivery order, the last value)."""
     entries, started = [], time.monotonic()
@@ -128,10 +130,10 @@ def check_entries(backend, task_id: int, entries: list[dict], frames: range, obj
     assert len(sent) == len(set(sent))
     for e in entries:
         assert e["time_ms"] == pytest.approx(e["frame"] * 1000 / FPS) and (e["width"], e["height"]) == (W, H)
-        np.testing.assert_array_equal(decode(e["imageDataURL"]), session_mask(backend, task_id, e["frame"],
-                                                                              e["object_id"]))
+        assert_sent_mask(e["imageDataURL"], backend, task_id, e["frame"], e["object_id"])
     seen = {(f, o) for f in frames for o in objects if session_mask(backend, task_id, f, o).any()}
     assert set(sent) == seen
+    assert {o for _, o in sent} == set(objects), f"objects without any mask sent: {set(objects) - {o for _, o in sent}}"
 
 
 # ---------------------------------------------------------------- events
@@ -156,11 +158,11 @@ def test_predict_click_and_box(client, backend):
     value = click["value"]
     assert value["frame"] == 7 and value["object_id"] == "0"  # floor(282 ms * 25 fps) = 7 (0-based)
     assert (value["width"], value["height"]) == (W, H) and value["time_ms"] == pytest.approx(280.0)
-    np.testing.assert_array_equal(decode(value["imageDataURL"]), session_mask(backend, 2, 7, "0"))
+    assert_sent_mask(value["imageDataURL"], backend, 2, 7, "0")
 
     box = post(client, event("predict_box", task_id=2, object_id="car-2"))
     assert box["value"]["frame"] == 2 and box["value"]["object_id"] == "car-2"
-    np.testing.assert_array_equal(decode(box["value"]["imageDataURL"]), session_mask(backend, 2, 2, "car-2"))
+    assert_sent_mask(box["value"]["imageDataURL"], backend, 2, 2, "car-2")
     with tracker_of(backend, 2) as tracker:
         assert [o.key for o in tracker.objects] == ["0", "car-2"]
         assert tracker.objects[1].frames[0].box == pytest.approx((12.0, 16.0, 30.0, 34.0), abs=0.01)
@@ -305,10 +307,10 @@ def test_release_frees_the_session(client, backend):
 
 def test_several_objects(client, backend):
     a = post(client, event("predict_click", task_id=8, time_ms=122.0, object_id="a"))["value"]
-    np.testing.assert_array_equal(decode(a["imageDataURL"]), session_mask(backend, 8, 3, "a"))
+    assert_sent_mask(a["imageDataURL"], backend, 8, 3, "a")
     b = post(client, event("predict_box", task_id=8, time_ms=None, frame=13, object_id="b"))["value"]
     assert b["frame"] == 12
-    np.testing.assert_array_equal(decode(b["imageDataURL"]), session_mask(backend, 8, 12, "b"))
+    assert_sent_mask(b["imageDataURL"], backend, 8, 12, "b")
     post(client, event("predict_click", task_id=8, time_ms=602.0, object_id="a"))  # a second keyframe of "a"
     post(client, event("predict_click", task_id=8, time_ms=202.0))  # implicit object "0" on frame 5 ...
     post(client, event("predict_box", task_id=8, time_ms=362.0))  # ... moves to frame 9 (one keyframe)

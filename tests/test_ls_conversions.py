@@ -5,6 +5,7 @@ Uses the request bodies captured from Label Studio 1.23.2 (tests/data, from shar
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from backend.results import (
     sequence_to_boxes,
     time_to_frame,
 )
+from bench.keyframes import douglas_peucker
 
 # setup / predict_batch / predict_interactive, verbatim from shared/notes/label-studio-1.23.2-requests.json
 CAPTURED = Path(__file__).resolve().parent / "data" / "label-studio-1.23.2-requests.json"
@@ -259,6 +261,62 @@ def test_stop_and_go_keyframes_at_the_corners():
     assert select_keyframes(boxes, 0.5) == [0, 20, 34, 49]
     seq = _videorect(boxes)["value"]["sequence"]
     assert [k["frame"] for k in seq] == [1, 21, 35, 50]
+
+
+def _interpolation_error(boxes: np.ndarray, keep: tuple[int, ...]) -> float:
+    """Max abs deviation of the linear interpolation between kept indices from every box (written anew here)."""
+    worst = 0.0
+    for a, b in zip(keep, keep[1:]):
+        for k in range(a, b + 1):
+            r = (k - a) / (b - a)
+            worst = max(worst, float(np.abs(boxes[a] * (1 - r) + boxes[b] * r - boxes[k]).max()))
+    return worst
+
+
+def _fewest_by_brute_force(boxes: np.ndarray, tol: float) -> int:
+    n = len(boxes)
+    for inner in range(n - 1):
+        for middle in itertools.combinations(range(1, n - 1), inner):
+            if _interpolation_error(boxes, (0, *middle, n - 1)) <= tol:
+                return inner + 2
+    raise AssertionError("keeping every frame always fits")
+
+
+def test_keyframes_are_the_fewest_brute_force_and_fewer_than_greedy():
+    rng = np.random.default_rng(3)
+    greedy_needed_more = 0
+    for trial in range(150):
+        n = int(rng.integers(3, 11))
+        tol = float(rng.choice([0.5, 1.0, 2.0]))
+        boxes = np.array([100.0, 80.0, 200.0, 160.0]) + np.cumsum(rng.normal(0, 1.2, (n, 4)), axis=0)
+        keep = select_keyframes(boxes, tol)
+        assert keep[0] == 0 and keep[-1] == n - 1 and keep == sorted(set(keep))
+        assert _interpolation_error(boxes, tuple(keep)) <= tol + 1e-9
+        assert len(keep) == _fewest_by_brute_force(boxes, tol), (trial, boxes, tol, keep)
+        greedy = douglas_peucker(boxes, tol)
+        assert len(keep) <= len(greedy)
+        greedy_needed_more += len(greedy) > len(keep)
+    assert greedy_needed_more > 0
+
+    # One such case, small enough to read (x1 only moves): greedy splits at the farthest frame (2), then frame 3
+    # is 0.95 px off the line 2 -> 4: 4 keyframes. The line 0 -> 3 passes within 0.77 px of frames 1 and 2.
+    x1 = np.array([0.0, 1.0, 2.1, 2.0, 0.0])
+    boxes = np.stack([x1, x1 * 0, x1 * 0 + 10, x1 * 0 + 10], axis=1)
+    assert douglas_peucker(boxes, 0.9) == [0, 2, 3, 4]
+    assert select_keyframes(boxes, 0.9) == [0, 3, 4]
+
+
+def test_fewest_keyframes_on_long_tracks_within_tolerance():
+    rng = np.random.default_rng(1)
+    t = np.arange(3000)[:, None]
+    smooth = 100 + 50 * np.sin(t / 60 * np.array([1.0, 1.3, 0.7, 1.1]))
+    still = np.tile([10.0, 20.0, 30.0, 40.0], (3000, 1))
+    walk = 100 + np.cumsum(rng.normal(0, 0.2, (3000, 4)), axis=0)
+    for boxes in (smooth, still, walk):
+        keep = select_keyframes(boxes, 1.0)
+        assert _interpolation_error(boxes, tuple(keep)) <= 1.0 + 1e-6
+        assert len(keep) <= len(douglas_peucker(boxes, 1.0))
+    assert select_keyframes(still, 1.0) == [0, 2999]
 
 
 @pytest.mark.parametrize("tol", [0.25, 1.0, 3.0])

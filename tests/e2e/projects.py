@@ -34,6 +34,9 @@ FRAME_SIZE = (240, 320)  # (height, width), even: the H.264 video has exactly th
 SEQUENCE_LENGTH = 8
 MIDDLE = VIDEO_FRAMES // 2  # 1-based frame of the user's VideoRectangle keyframe
 K = 3  # item_index of the user's brush mask in the sequence
+# generate_clip(LEAVING_SEED, leave_and_return=True): object LEAVING_OBJECT is out of the frame on 1-based frames
+# 15..24 and back from 25 on, and moves slowly enough on frames 1..8 that keyframes skip frames
+LEAVING_SEED, LEAVING_OBJECT = 3, 0
 
 
 @dataclass
@@ -55,6 +58,15 @@ def make_media(folder: Path, seed: int = 5) -> E2EMedia:
         Image.fromarray(clip.frames[i]).save(path)
         frames.append(path)
     return E2EMedia(clip, video, frames)
+
+
+def make_leaving_media(folder: Path) -> E2EMedia:
+    """A clip whose object LEAVING_OBJECT leaves the frame and comes back, as an H.264 file (no PNG frames)."""
+    clip = generate_clip(LEAVING_SEED, num_frames=VIDEO_FRAMES, size=FRAME_SIZE, num_objects=2, fps=FPS,
+                         leave_and_return=True)
+    video = folder / "leaving.mp4"
+    write_h264(video, clip.frames, FPS)
+    return E2EMedia(clip, video, [])
 
 
 @dataclass

@@ -191,18 +191,41 @@ def test_video_limits(make_secure_client, changes, words):
 # ---------------------------------------------------------------- logs
 
 
-def test_no_secrets_in_logs(make_secure_client, caplog):
-    setup_token = "setup-access-token-5b1e0c"
+def test_no_secrets_in_logs(make_secure_client, ls, caplog, monkeypatch):
+    """Tokens and passwords reach Label Studio but never the logs (DEBUG), on success and on every failure."""
+    real = socket.getaddrinfo
+    looked_up = []
+
+    def resolver(host, port, *args, **kwargs):  # no lookup leaves the machine: media.example is private
+        looked_up.append(host)
+        if host == "media.example":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    setup_token = "setup-access-token-5b1e0c"  # Label Studio refuses it
     client = make_secure_client(label_studio_api_key=None)
+    url = client.application.extensions["sam2_backend"].settings.label_studio_url
+    schema = request_body("click", 1)["label_config"]
     with caplog.at_level(logging.DEBUG):
-        setup = {"project": "7.1", "hostname": client.application.extensions["sam2_backend"].settings.label_studio_url,
-                 "access_token": setup_token, "schema": request_body("click", 1)["label_config"]}
-        assert client.post("/setup", json=setup, headers=HEADERS).status_code == 200
-        assert client.post("/predict", json=request_body("click", 1), headers=HEADERS).status_code in (200, 502)
+        for project, token in (("7.1", LEGACY_TOKEN), ("8.1", setup_token)):
+            setup = {"project": project, "hostname": url, "access_token": token, "schema": schema}
+            assert client.post("/setup", json=setup, headers=HEADERS).status_code == 200
+            task = 1 if token == LEGACY_TOKEN else 2  # task 2's clip is not cached yet: it is fetched again
+            response = client.post("/predict", json=request_body("click", task), headers=HEADERS)
+            if token == LEGACY_TOKEN:  # the latest /setup's token fetched the media
+                assert response.status_code == 200, response.get_json()
+            else:
+                _json_error(response, 502, "refused")
+            assert ("GET", task_video(task), f"Token {token}") in ls.requests
         assert client.get("/metrics", headers={"Authorization": "Basic dXNlcjp3cm9uZw=="}).status_code == 401
-        client.post("/predict", json=_body_for("/data/upload/9/missing.mp4"), headers=HEADERS)
-        client.post("/predict", json=_body_for("https://media.example/x.mp4"), headers=HEADERS)
+        _json_error(client.post("/predict", json=_body_for("/data/upload/9/missing.mp4"), headers=HEADERS), 502,
+                    "refused")
+        _json_error(client.post("/predict", json=_body_for("https://media.example/x.mp4"), headers=HEADERS), 422,
+                    "non-public", "10.1.2.3")
+    assert "media.example" in looked_up
+    assert all(host == "media.example" or host.replace(".", "").isdigit() for host in looked_up), looked_up
     text = caplog.text
-    assert text  # something was logged
+    assert "refused" in text and "non-public" in text  # the failures were logged
     for secret in (LEGACY_TOKEN, AUTH[1], setup_token, HEADERS["Authorization"].split()[1]):
         assert secret not in text

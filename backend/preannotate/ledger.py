@@ -27,7 +27,7 @@ import httpx
 from label_studio_sdk.client import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
-from config.settings import Settings
+from config.settings import PROMPT_SOURCES, Settings
 
 from ..errors import BackendError
 from ..labelconfig import LabelConfig
@@ -39,7 +39,6 @@ from .spec import JobSpec
 logger = logging.getLogger(__name__)
 
 SIGNATURE_KEY = "sam2_prompts"  # on every region of a prediction this backend wrote: the prompts' signature
-PROMPT_SOURCES = ("annotation", "draft", "prediction")
 RETRY_S = 120.0
 BACKOFF_S = (0.5, 8.0)  # first wait, longest wait
 T = TypeVar("T")

@@ -1,6 +1,7 @@
 """Picklable records that travel between the coordinating process and the workers (see the package doc)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +14,8 @@ FAILED = "failed"
 class JobSpec:
     """One task to track. task: {"id", "data"} of the Label Studio task; regions: the prompt regions (Label
     Studio results) chosen by PROMPT_SOURCES; signature: their fingerprint (ledger.prompt_signature);
-    attempt: 1 for the first run, +1 for each retry."""
+    source: the PROMPT_SOURCES entry they came from; attempt: 1 for the first run, +1 for each retry;
+    overwrite: track and write even when Label Studio already holds the prediction for this key."""
 
     project: int
     task: dict[str, Any]
@@ -23,6 +25,7 @@ class JobSpec:
     signature: str
     source: str = "annotation"
     attempt: int = 1
+    overwrite: bool = False
 
     @property
     def task_id(self) -> int:
@@ -30,8 +33,7 @@ class JobSpec:
 
     def retry(self) -> JobSpec:
         """The same task, next attempt."""
-        return JobSpec(self.project, self.task, self.label_config, self.regions, self.model_version,
-                       self.signature, self.source, self.attempt + 1)
+        return dataclasses.replace(self, attempt=self.attempt + 1)
 
 
 @dataclass(frozen=True)

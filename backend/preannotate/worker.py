@@ -104,7 +104,7 @@ class Worker:
     def _run(self, spec: JobSpec) -> Outcome:
         fail = dict(task_id=spec.task_id, attempt=spec.attempt, status=FAILED)
         try:
-            if self.ledger.holds(spec):
+            if not spec.overwrite and self.ledger.holds(spec):
                 return Outcome(spec.task_id, spec.attempt, UNCHANGED)
             config = parse_label_config(spec.label_config)
             self.predictor.frames_done = 0

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     project INTEGER NOT NULL, task INTEGER NOT NULL, model_version TEXT NOT NULL, signature TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL DEFAULT 'pending', last_error TEXT,
     frames_done INTEGER NOT NULL DEFAULT 0, frames_total INTEGER NOT NULL DEFAULT 0, objects INTEGER,
-    heartbeat REAL, PRIMARY KEY (project, task));
+    heartbeat REAL, worker TEXT, PRIMARY KEY (project, task));
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, project INTEGER NOT NULL, tasks TEXT, origin TEXT NOT NULL, state TEXT NOT NULL,
     pid INTEGER, created REAL NOT NULL, started REAL, finished REAL, progress TEXT, summary TEXT, error TEXT);
@@ -79,8 +79,9 @@ class Journal:
             (spec.project, spec.task_id, spec.model_version, spec.signature, prior + 1, self.clock()))
 
     def progress(self, project: int, report: FrameProgress) -> None:
-        self.db.execute("UPDATE attempts SET frames_done=?, frames_total=?, heartbeat=? WHERE project=? AND task=?",
-                        (report.frames_done, report.frames_total, self.clock(), project, report.task_id))
+        self.db.execute("UPDATE attempts SET frames_done=?, frames_total=?, heartbeat=?, worker=? WHERE project=? AND"
+                        " task=?", (report.frames_done, report.frames_total, self.clock(), report.worker, project,
+                                    report.task_id))
 
     def finished(self, project: int, outcome: Outcome) -> None:
         self.db.execute("UPDATE attempts SET status=?, last_error=?, frames_done=MAX(frames_done, ?), objects=?,"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -24,9 +25,14 @@ POLL_S = 0.2
 STOP_GRACE_S = 5.0
 
 
-def _worker_main(factory, device: str | None, inbox, outbox, index: int) -> None:
-    """Body of a worker process: build and set up the worker, then run the specs the inbox gives."""
+def _worker_main(factory, device: str | None, inbox, outbox, index: int, threads: int | None) -> None:
+    """Body of a worker process: build and set up the worker, then run the specs the inbox gives.
+    threads: torch's CPU threads (CPU workers share the cores; oversubscribed OpenMP threads crawl)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     try:
         worker = factory(device)
@@ -126,8 +132,9 @@ class LocalEngine:
     def _start(self, slot: _Slot, factory, outbox) -> None:
         slot.inbox = self._ctx.Queue()
         slot.ready, slot.spec = False, None
+        threads = None if slot.device else max(1, (os.cpu_count() or 1) // len(self._slots))
         slot.process = self._ctx.Process(target=_worker_main, args=(factory, slot.device, slot.inbox, outbox,
-                                                                    slot.index),
+                                                                    slot.index, threads),
                                          name=f"preannotate-worker-{slot.index}", daemon=True)
         slot.process.start()
 

@@ -1,0 +1,156 @@
+"""Pre-annotating a whole project end to end: the real Label Studio 1.23.2, `python -m backend.preannotate`
+with the local engine (2 spawned workers, the random-weight E2E model), six short videos.
+
+The project: keyframe annotations on different frames (first, middle, last; one task with two objects),
+one task prompted only by an imported detector prediction, one without prompts, one whose media is missing.
+A worker is killed with SIGKILL while it tracks the longest video. Checked: every prompted task ends with
+exactly one prediction of the backend's model version, tracked over its whole video; the rerun writes
+nothing; the summary names the broken task; no annotation is written or changed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backend.preannotate.journal import Journal
+from backend.preannotate.ledger import SIGNATURE_KEY
+from sam2_model.train.synthetic import generate_clip
+from sam2_model.video.frames import write_h264
+from tests.e2e.projects import FPS, VIDEO_CONFIG, prediction_errors, videorectangle_keyframe
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = (48, 64)  # (height, width): tiny frames, the model works at 128 px anyway
+LONG = 90  # frames of the video during which a worker is killed
+MODEL_VERSION = "e2e_random"  # the checkpoint's file stem: what the backend answers as model_version
+
+
+@dataclass
+class Video:
+    name: str
+    frames: int
+    task: int = 0
+    keyframes: tuple[tuple[int, int], ...] = ()  # (1-based frame, object index) of the user's keyframes
+    detector: bool = False  # prompted by an imported prediction only
+    broken: bool = False
+
+
+def _videos() -> list[Video]:
+    return [Video("first", 8, keyframes=((1, 0),)), Video("middle", 10, keyframes=((5, 0),)),
+            Video("long", LONG, keyframes=((LONG, 0), (30, 1))), Video("detector", 8, detector=True),
+            Video("unprompted", 8), Video("broken", 8, broken=True)]
+
+
+def _box_region(clip, frame: int, obj: int, frames: int) -> dict:
+    return videorectangle_keyframe(frame, clip.boxes()[frame - 1, obj], region_id=f"obj{obj}", frame_size=SIZE,
+                                   frames_count=frames)
+
+
+@pytest.fixture(scope="module")
+def project(label_studio, tmp_path_factory):
+    """The six tasks, annotated; {name: Video} with task ids, and the project id."""
+    api = label_studio.api
+    folder = tmp_path_factory.mktemp("preannotate-media")
+    project_id = api.create_project("pre-annotate", VIDEO_CONFIG)["id"]
+    videos = {}
+    for seed, video in enumerate(_videos()):
+        clip = generate_clip(seed, num_frames=video.frames, size=SIZE, num_objects=2, fps=FPS)
+        if video.broken:
+            (task,) = api.import_tasks(project_id, [{"video": "/static/missing-video.mp4"}])[-1:]
+        else:
+            path = folder / f"{video.name}.mp4"
+            write_h264(path, clip.frames, FPS)
+            task = api.import_file(project_id, path)[-1]
+        video.task = task["id"]
+        regions = [_box_region(clip, f, o, video.frames) for f, o in video.keyframes or ((1, 0),)]
+        if video.detector:
+            api.create_prediction(video.task, regions, model_version="detector")
+        elif video.keyframes or video.broken:
+            api.request("POST", f"/api/tasks/{video.task}/annotations", json={"result": regions})
+        videos[video.name] = video
+    return project_id, videos
+
+
+def _run_cli(label_studio, checkpoint: Path, state: Path, project_id: int, *args: str, log: Path,
+             kill_during: int | None = None) -> tuple[int, str, bool]:
+    """Run the CLI to its end; with kill_during, SIGKILL the worker tracking that task once, mid-video.
+    (exit status, stdout, whether a worker was killed)."""
+    env = dict(os.environ, SAM2_CHECKPOINT=str(checkpoint), DEVICE="cpu", LABEL_STUDIO_URL=label_studio.url,
+               LABEL_STUDIO_API_KEY=label_studio.token, PROMPT_SOURCES="annotation,prediction",
+               PREANNOTATE_STATE_DIR=str(state), MEDIA_CACHE_DIR=str(state / "media"), LOG_LEVEL="INFO")
+    proc = subprocess.Popen([sys.executable, "-m", "backend.preannotate", "--project", str(project_id), "--quiet",
+                             *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = threading.Event()
+    if kill_during is not None:
+        threading.Thread(target=_kill_mid_video, args=(state, project_id, kill_during, proc, killed),
+                         daemon=True).start()
+    out, err = proc.communicate(timeout=240)
+    log.write_text(out + err)
+    return proc.returncode, out, killed.is_set()
+
+
+def _kill_mid_video(state: Path, project_id: int, task: int, proc: subprocess.Popen, killed: threading.Event):
+    journal = None
+    while proc.poll() is None:
+        try:
+            journal = journal or Journal(state)
+            row = journal.task(project_id, task)
+        except Exception:  # the CLI has not created the journal yet
+            row = None
+        if row is not None and row["worker"] and 0 < row["frames_done"] < row["frames_total"]:
+            os.kill(int(row["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+            killed.set()
+            return
+        time.sleep(0.05)
+
+
+def _ours(api, task: int) -> list[dict]:
+    return [p for p in api.predictions(task) if p["model_version"] == MODEL_VERSION]
+
+
+def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_path, artifacts):
+    api = label_studio.api
+    project_id, videos = project
+    annotations = {v.task: api.task(v.task)["annotations"] for v in videos.values()}
+    state = tmp_path / "state"
+
+    code, out, killed = _run_cli(label_studio, e2e_checkpoint, state, project_id, "--workers", "2",
+                                 kill_during=videos["long"].task, log=artifacts / "preannotate-run1.log")
+    assert killed, "the long video was tracked before a worker could be killed mid-video"
+    assert code == 1, out  # the broken task failed
+    broken = videos["broken"].task
+    assert f"task {broken}: task media" in out and "not found" in out, out
+
+    journal = Journal(state)
+    first_ids = {}
+    for video in videos.values():
+        ours = _ours(api, video.task)
+        if video.broken or video.name == "unprompted":
+            assert ours == [], f"{video.name}: {ours}"
+            continue
+        assert len(ours) == 1, f"{video.name}: {len(ours)} predictions of {MODEL_VERSION}"
+        (prediction,) = ours
+        assert not prediction_errors(VIDEO_CONFIG, prediction)
+        assert prediction["result"] and all(r[SIGNATURE_KEY] for r in prediction["result"])
+        assert {r["value"]["framesCount"] for r in prediction["result"]} == {video.frames}
+        row = journal.task(project_id, video.task)
+        assert row["frames_done"] == video.frames, f"{video.name}: tracked {row['frames_done']} of {video.frames}"
+        first_ids[video.task] = prediction["id"]
+    assert journal.task(project_id, videos["long"].task)["attempts"] == 2  # killed once, then done
+
+    code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project_id, log=artifacts / "preannotate-run2.log")
+    assert code == 1 and "not found" in out, out
+    for task, prediction_id in first_ids.items():
+        assert [p["id"] for p in _ours(api, task)] == [prediction_id], "the rerun wrote a prediction"
+    assert out.count(" unchanged ") == len(first_ids), out
+    for video in videos.values():
+        assert api.task(video.task)["annotations"] == annotations[video.task], "an annotation changed"

@@ -7,11 +7,13 @@ the HTTP jobs (state, the tasks asked for, progress, summary). Every process ope
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,23 @@ class Journal:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        self._lock = threading.RLock()  # one connection, shared by the threads of a server
+
+    def _x(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self.db.execute(sql, args)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): atomic over every process sharing the file."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def close(self) -> None:
         self.db.close()
@@ -49,7 +68,7 @@ class Journal:
     # -- tasks ----------------------------------------------------------------------------------------
 
     def task(self, project: int, task: int) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM attempts WHERE project=? AND task=?", (project, task)).fetchone()
+        return self._x("SELECT * FROM attempts WHERE project=? AND task=?", (project, task)).fetchone()
 
     def attempts(self, project: int, task: int, model_version: str, signature: str) -> int:
         """Attempts made for this key (0 when the prompts or the model changed since)."""
@@ -73,18 +92,18 @@ class Journal:
     def started(self, spec: JobSpec) -> None:
         """An attempt at `spec` begins: attempts = spec.attempt-th of this key."""
         prior = self.attempts(spec.project, spec.task_id, spec.model_version, spec.signature)
-        self.db.execute(
+        self._x(
             "INSERT OR REPLACE INTO attempts (project, task, model_version, signature, attempts, status, last_error,"
             " frames_done, frames_total, objects, heartbeat) VALUES (?, ?, ?, ?, ?, 'running', NULL, 0, 0, NULL, ?)",
             (spec.project, spec.task_id, spec.model_version, spec.signature, prior + 1, self.clock()))
 
     def progress(self, project: int, report: FrameProgress) -> None:
-        self.db.execute("UPDATE attempts SET frames_done=?, frames_total=?, heartbeat=?, worker=? WHERE project=? AND"
+        self._x("UPDATE attempts SET frames_done=?, frames_total=?, heartbeat=?, worker=? WHERE project=? AND"
                         " task=?", (report.frames_done, report.frames_total, self.clock(), report.worker, project,
                                     report.task_id))
 
     def finished(self, project: int, outcome: Outcome) -> None:
-        self.db.execute("UPDATE attempts SET status=?, last_error=?, frames_done=MAX(frames_done, ?), objects=?,"
+        self._x("UPDATE attempts SET status=?, last_error=?, frames_done=MAX(frames_done, ?), objects=?,"
                         " heartbeat=? WHERE project=? AND task=?",
                         (outcome.status if outcome.status == FAILED else DONE, outcome.error, outcome.frames,
                          outcome.objects if outcome.status == DONE else None, self.clock(), project,
@@ -97,45 +116,40 @@ class Journal:
             ids = list(tasks)
             sql += f" AND task IN ({','.join('?' * len(ids))})"
             args += ids
-        return self.db.execute(sql, args).rowcount
+        return self._x(sql, args).rowcount
 
     # -- HTTP jobs ------------------------------------------------------------------------------------
 
     def add_job(self, project: int, tasks: Sequence[int] | None, origin: str) -> str:
         job_id = uuid.uuid4().hex[:12]
-        self.db.execute("INSERT INTO jobs (id, project, tasks, origin, state, created) VALUES (?, ?, ?, ?, 'queued', ?)",
+        self._x("INSERT INTO jobs (id, project, tasks, origin, state, created) VALUES (?, ?, ?, ?, 'queued', ?)",
                         (job_id, project, None if tasks is None else json.dumps(list(tasks)), origin, self.clock()))
         return job_id
 
     def extend_queued(self, project: int, tasks: Sequence[int], origin: str) -> str | None:
         """Add `tasks` to a queued job of the project with a task list and the same origin; its id, or None."""
-        with self.db:
-            row = self.db.execute("SELECT id, tasks FROM jobs WHERE project=? AND origin=? AND state='queued' AND"
+        with self._transaction():
+            row = self._x("SELECT id, tasks FROM jobs WHERE project=? AND origin=? AND state='queued' AND"
                                   " tasks IS NOT NULL ORDER BY created LIMIT 1", (project, origin)).fetchone()
             if row is None:
                 return None
             merged = sorted(set(json.loads(row["tasks"])) | set(tasks))
-            self.db.execute("UPDATE jobs SET tasks=? WHERE id=?", (json.dumps(merged), row["id"]))
+            self._x("UPDATE jobs SET tasks=? WHERE id=?", (json.dumps(merged), row["id"]))
         return row["id"]
 
     def claim_job(self, max_running: int) -> sqlite3.Row | None:
         """Mark the oldest queued job running, when fewer than `max_running` run; the job, or None."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            running = self.db.execute("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
+        with self._transaction():
+            running = self._x("SELECT COUNT(*) FROM jobs WHERE state='running'").fetchone()[0]
             row = None
             if running < max_running:
-                row = self.db.execute("SELECT * FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
+                row = self._x("SELECT * FROM jobs WHERE state='queued' ORDER BY created LIMIT 1").fetchone()
                 if row is not None:
-                    self.db.execute("UPDATE jobs SET state='running', started=? WHERE id=?", (self.clock(), row["id"]))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+                    self._x("UPDATE jobs SET state='running', started=? WHERE id=?", (self.clock(), row["id"]))
         return None if row is None else self.job(row["id"])
 
     def job(self, job_id: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._x("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Set job columns; progress and summary are stored as JSON."""
@@ -145,8 +159,8 @@ class Journal:
         if fields.get("state") in ("done", "failed", "cancelled"):
             fields.setdefault("finished", self.clock())
         cols = ", ".join(f"{k}=?" for k in fields)
-        self.db.execute(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
+        self._x(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
 
     def jobs(self, states: Sequence[str]) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(states))
-        return self.db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created", tuple(states)).fetchall()
+        return self._x(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created", tuple(states)).fetchall()

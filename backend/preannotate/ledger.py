@@ -49,14 +49,18 @@ class LedgerError(BackendError):
     status: the HTTP status the backend answers with it."""
 
 
-class TransientError(Exception):
-    """Label Studio stayed unreachable or overloaded (5xx/429) for RETRY_S seconds."""
+class TransientError(BackendError):
+    """Label Studio stayed unreachable or overloaded (5xx/429) for RETRY_S seconds (HTTP answer: 502)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 502)
 
 
 # ---------------------------------------------------------------- prompts and their signature
 
 
-def _prompt_items(regions: Sequence[Mapping[str, Any]], config: LabelConfig) -> list[dict]:
+def prompt_regions(regions: Sequence[Mapping[str, Any]], config: LabelConfig) -> list[dict]:
+    """The regions that can prompt the config's media (the signature covers these only)."""
     return [dict(r) for r in regions if r.get("type") in PROMPT_TYPES and r.get("to_name") == config.object_name]
 
 
@@ -89,10 +93,15 @@ def select_prompts(task: Mapping[str, Any], config: LabelConfig, sources: Sequen
             item = _newest(p for p in task.get("predictions") or [] if p.get("model_version") != model_version)
         else:
             raise ValueError(f"unknown prompt source {source!r}: choose from {', '.join(PROMPT_SOURCES)}")
-        regions = _prompt_items((item or {}).get("result") or [], config)
+        regions = prompt_regions((item or {}).get("result") or [], config)
         if regions:
             return source, regions
     return None
+
+
+def stamp(result: Sequence[Mapping[str, Any]], signature: str) -> list[dict]:
+    """The result's regions, each carrying the signature of the prompts they answer."""
+    return [dict(r, **{SIGNATURE_KEY: signature}) for r in result]
 
 
 def stored_signature(prediction: Mapping[str, Any]) -> str | None:
@@ -183,7 +192,7 @@ class LabelStudioLedger:
     def write_prediction(self, spec: JobSpec, answer: Mapping[str, Any]) -> int | None:
         """Store `answer` ({"result", "score"?}) as the task's prediction for spec's key; returns its id (None:
         an empty result is not stored, see runner.py). Creates first, then deletes our other predictions."""
-        result = [dict(r, **{SIGNATURE_KEY: spec.signature}) for r in answer.get("result") or []]
+        result = stamp(answer.get("result") or [], spec.signature)
         if not result:
             return None
         created = self.call(f"writing the prediction of task {spec.task_id}", lambda: self.client.predictions.create(
@@ -218,7 +227,7 @@ def _ledger_error(what: str, exc: ApiError) -> LedgerError:
     detail = exc.body if isinstance(exc.body, str) else json.dumps(exc.body, default=str)[:300]
     if status in (401, 403):
         return LedgerError(f"Label Studio refused the token (HTTP {status}) while {what}: check LABEL_STUDIO_API_KEY",
-                           401)
+                           403)
     if status == 404:
         return LedgerError(f"not found in Label Studio while {what} (HTTP 404)", 404)
     return LedgerError(f"Label Studio answered HTTP {status} while {what}: {detail}", 502 if status >= 500 else 422)

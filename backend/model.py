@@ -315,7 +315,7 @@ class SAM2Backend:
         task for pre-annotation (webhook: the masklet arrives after Submit); other events are acknowledged."""
         self.count(f"webhook_{event}")
         out: dict[str, Any] = {"status": "ok", "event": event, "trained": False}
-        if event in PREANNOTATE_EVENTS:
+        if event in PREANNOTATE_EVENTS and self.settings.preannotate_webhook:
             task, project = webhook_task(data)
             result = (data.get("annotation") or {}).get("result") if isinstance(data.get("annotation"), Mapping) else None
             prompted = isinstance(result, list) and any(isinstance(r, Mapping) and r.get("type") in PROMPT_TYPES

@@ -35,6 +35,7 @@
 | PREANNOTATE_WORKERS | 0 | worker processes of HTTP/webhook jobs; 0: one per GPU, else 1 |
 | PREANNOTATE_ENGINE | local | engine of HTTP/webhook jobs: local or ray |
 | PREANNOTATE_MAX_JOBS | 1 | pre-annotation jobs running at once (more wait, queued) |
+| PREANNOTATE_WEBHOOK | true | ANNOTATION_CREATED / ANNOTATION_UPDATED webhooks queue their task for pre-annotation |
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class Settings:
     preannotate_workers: int = 0
     preannotate_engine: str = "local"
     preannotate_max_jobs: int = 1
+    preannotate_webhook: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

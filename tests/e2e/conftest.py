@@ -81,6 +81,8 @@ def backend_server(label_studio: LabelStudioHandle, tmp_path_factory: pytest.Tem
         "SAM2_CHECKPOINT": str(checkpoint), "DEVICE": "cpu", "PORT": str(port), "WORKERS": "1", "THREADS": "4",
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "MEDIA_CACHE_DIR": str(folder / "media"), "LOG_LEVEL": "INFO",
+        # these tests store annotations and check the predictions Retrieve Predictions stores: no webhook jobs
+        "PREANNOTATE_STATE_DIR": str(folder / "state"), "PREANNOTATE_WEBHOOK": "false",
     }
     with gunicorn_server(port, env, artifacts / "backend.log", timeout_s=60):
         yield f"http://127.0.0.1:{port}"

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import requests
 
 from backend.preannotate.journal import Journal
 from backend.preannotate.ledger import SIGNATURE_KEY
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.video.frames import write_h264
 from tests.e2e.projects import FPS, VIDEO_CONFIG, prediction_errors, videorectangle_keyframe
+from tests.live_gunicorn import free_port, gunicorn_server
 
 pytestmark = pytest.mark.e2e
 
@@ -154,3 +156,84 @@ def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_p
     assert out.count(" unchanged ") == len(first_ids), out
     for video in videos.values():
         assert api.task(video.task)["annotations"] == annotations[video.task], "an annotation changed"
+
+
+# ---------------------------------------------------------------- HTTP: Retrieve Predictions, webhooks, jobs
+
+
+def _wait(what: str, check, timeout_s: float = 150.0):
+    """Poll `check()` until it returns something truthy; that value."""
+    give_up = time.monotonic() + timeout_s
+    while time.monotonic() < give_up:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _signature(prediction: dict) -> str:
+    return prediction["result"][0][SIGNATURE_KEY]
+
+
+@pytest.fixture(scope="module")
+def job_backend(label_studio, e2e_checkpoint, tmp_path_factory, artifacts):
+    """Our backend under gunicorn with a batch budget too small for any tracking: every task of a Retrieve
+    Predictions is queued as a pre-annotation job."""
+    folder = tmp_path_factory.mktemp("job-backend")
+    port = free_port()
+    env = {"SAM2_CHECKPOINT": str(e2e_checkpoint), "DEVICE": "cpu", "PORT": str(port), "WORKERS": "1",
+           "THREADS": "4", "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+           "MEDIA_CACHE_DIR": str(folder / "media"), "PREANNOTATE_STATE_DIR": str(folder / "state"),
+           "PREDICT_BUDGET_S": "0.001", "PREANNOTATE_WORKERS": "1", "LOG_LEVEL": "INFO"}
+    with gunicorn_server(port, env, artifacts / "preannotate-backend.log", timeout_s=60):
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_retrieve_predictions_webhooks_and_jobs(label_studio, job_backend, tmp_path):
+    api = label_studio.api
+    project_id = api.create_project("pre-annotate over HTTP", VIDEO_CONFIG)["id"]
+    tasks, clips = [], []
+    for seed in range(3):
+        clip = generate_clip(10 + seed, num_frames=8, size=SIZE, num_objects=2, fps=FPS)
+        write_h264(tmp_path / f"v{seed}.mp4", clip.frames, FPS)
+        tasks.append(api.import_file(project_id, tmp_path / f"v{seed}.mp4")[-1]["id"])
+        clips.append(clip)
+    first = {t: api.request("POST", f"/api/tasks/{t}/annotations", json={"result": [_box_region(c, 2, 0, 8)]}).json()
+             for t, c in zip(tasks[:2], clips)}
+    ml = api.connect_ml_backend(project_id, job_backend, title="SAM 2 jobs")
+    assert ml["readable_state"] == "Connected", ml
+
+    # Retrieve Predictions: the budget finishes nothing; Label Studio stores nothing, the job writes later
+    assert api.retrieve_predictions(project_id, tasks[:2])["processed_items"] == 2
+    assert [api.predictions(t) for t in tasks[:2]] == [[], []], "a cut or empty prediction was stored"
+    metrics = requests.get(f"{job_backend}/metrics", timeout=10).json()
+    assert metrics["counters"]["tasks_queued"] == 2
+    for task in tasks[:2]:
+        (prediction,) = _wait(f"task {task}'s prediction", lambda t=task: _ours(api, t))
+        assert {r["value"]["framesCount"] for r in prediction["result"]} == {8}
+
+    # webhooks: an updated annotation replaces the prediction, a new one gets one
+    old = _signature(_ours(api, tasks[0])[0])
+    moved = _box_region(clips[0], 6, 0, 8)
+    api.request("PATCH", f"/api/annotations/{first[tasks[0]]['id']}", json={"result": [moved]})
+    api.request("POST", f"/api/tasks/{tasks[2]}/annotations", json={"result": [_box_region(clips[2], 8, 1, 8)]})
+    _wait("the replaced prediction", lambda: [p for p in _ours(api, tasks[0]) if _signature(p) != old])
+    _wait(f"task {tasks[2]}'s prediction", lambda: _ours(api, tasks[2]))
+    for task in tasks:
+        assert len(_ours(api, task)) == 1, f"task {task}: {len(_ours(api, task))} predictions"
+
+    # POST /preannotate: everything is up to date, the job writes nothing
+    answer = requests.post(f"{job_backend}/preannotate", json={"project": project_id}, timeout=30)
+    assert answer.status_code == 202, answer.text
+    status_url = job_backend + answer.json()["status"]
+    job = _wait("the job's end", lambda: (lambda j: j if j["state"] not in ("queued", "running") else None)(
+        requests.get(status_url, timeout=10).json()))
+    assert job["state"] == "done" and job["summary"]["counts"] == {"unchanged": 3}, job
+
+    # bad input: 4xx JSON saying what is wrong
+    for body, status, words in [({"project": 999999}, 404, "not found"), ({"project": "one"}, 400, "must be int"),
+                                ({"project": project_id, "tasks": []}, 400, "empty")]:
+        answer = requests.post(f"{job_backend}/preannotate", json=body, timeout=30)
+        assert answer.status_code == status and words in answer.json()["error"], (body, answer.text)
+    assert requests.get(f"{job_backend}/preannotate/nope", timeout=10).status_code == 404

@@ -24,7 +24,7 @@ from config.settings import Settings, SettingsError
 from ..errors import http_error
 from .engine import ENGINES, EngineError, get_engine
 from .journal import Journal
-from .ledger import LabelStudioLedger, TransientError
+from .ledger import LabelStudioLedger
 from .runner import Runner, Summary
 from .spec import FrameProgress, Outcome
 from .worker import WorkerFactory
@@ -148,13 +148,11 @@ def _run(args: argparse.Namespace, settings: Settings, journal: Journal, stop: t
         engine = get_engine(name, workers=workers, **options)
         runner = Runner(settings, ledger, journal, engine)
         plan = runner.plan(args.project, args.tasks, args.overwrite, args.retry_failed)
-    except (EngineError, TransientError, ValueError) as exc:
-        return _fail(journal, args.job, str(exc))
     except Exception as exc:
         known = http_error(exc)
-        if known is None:
+        if known is None and not isinstance(exc, (EngineError, ValueError)):
             raise
-        return _fail(journal, args.job, known[1])
+        return _fail(journal, args.job, known[1] if known else str(exc))
     bars = Bars(len(plan.specs), enabled=not args.quiet and not args.job)
     job_progress = _JobProgress(journal, args.job, len(plan.specs), len(plan.lines))
     try:

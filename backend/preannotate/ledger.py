@@ -11,8 +11,8 @@ prediction of this model version on the task (an earlier prompt signature, or a 
 left), so the task never ends with two, and never loses the old one before the new one is stored.
 Only predictions are written or deleted; annotations and drafts are only read.
 
-Label Studio unreachable, 5xx and 429 are retried with exponential backoff (429's Retry-After is honoured)
-for up to RETRY_S seconds, then raise TransientError (the job is retried later); other 4xx raise LedgerError.
+Label Studio unreachable, 5xx and 429 are retried with exponential backoff (0.5 s doubling up to 4 s; a
+Retry-After header replaces it) for up to RETRY_S seconds, then raise TransientError (the job is retried later); other 4xx raise LedgerError.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE_KEY = "sam2_prompts"  # on every region of a prediction this backend wrote: the prompts' signature
 RETRY_S = 120.0
-BACKOFF_S = (0.5, 8.0)  # first wait, longest wait
+BACKOFF_S = (0.5, 4.0)  # first wait, longest wait
 T = TypeVar("T")
 
 
@@ -126,7 +126,7 @@ class LabelStudioLedger:
     def __init__(self, url: str, api_key: str, timeout_s: float = 30.0, retry_s: float = RETRY_S,
                  client: LabelStudio | None = None, sleep: Callable[[float], None] = time.sleep):
         self.url = url
-        self.client = client or LabelStudio(base_url=url, api_key=api_key, timeout=timeout_s)
+        self.client = client or LabelStudio(base_url=url, api_key=api_key, timeout=timeout_s, max_retries=0)
         self.retry_s = retry_s
         self.sleep = sleep
 
@@ -151,7 +151,7 @@ class LabelStudioLedger:
                 retry_after = _retry_after(exc)
             except (httpx.TransportError, ConnectionError) as exc:
                 reason, retry_after = f"{type(exc).__name__}: {exc}", None
-            delay = max(wait, retry_after or 0.0)
+            delay = wait if retry_after is None else min(retry_after, RETRY_S)  # the server knows best
             if time.monotonic() + delay > give_up:
                 raise TransientError(f"Label Studio at {self.url}: {what} failed for {self.retry_s:g} s ({reason})")
             logger.warning("Label Studio: %s failed (%s), retrying in %.1f s", what, reason, delay)

@@ -26,6 +26,7 @@ from backend.preannotate.ledger import SIGNATURE_KEY
 from sam2_model.train.synthetic import generate_clip
 from sam2_model.video.frames import write_h264
 from tests.e2e.projects import FPS, VIDEO_CONFIG, prediction_errors, videorectangle_keyframe
+from tests.e2e.fault_proxy import FaultProxy
 from tests.live_gunicorn import free_port, gunicorn_server
 
 pytestmark = pytest.mark.e2e
@@ -83,12 +84,14 @@ def project(label_studio, tmp_path_factory):
 
 
 def _run_cli(label_studio, checkpoint: Path, state: Path, project_id: int, *args: str, log: Path,
-             kill_during: int | None = None) -> tuple[int, str, bool]:
+             kill_during: int | None = None, **env_over: str) -> tuple[int, str, bool]:
     """Run the CLI to its end; with kill_during, SIGKILL the worker tracking that task once, mid-video.
-    (exit status, stdout, whether a worker was killed)."""
+    env_over: environment variables over the defaults. (exit status, stdout + stderr, whether a worker was
+    killed)."""
     env = dict(os.environ, SAM2_CHECKPOINT=str(checkpoint), DEVICE="cpu", LABEL_STUDIO_URL=label_studio.url,
                LABEL_STUDIO_API_KEY=label_studio.token, PROMPT_SOURCES="annotation,prediction",
                PREANNOTATE_STATE_DIR=str(state), MEDIA_CACHE_DIR=str(state / "media"), LOG_LEVEL="INFO")
+    env.update(env_over)
     proc = subprocess.Popen([sys.executable, "-m", "backend.preannotate", "--project", str(project_id), "--quiet",
                              *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = threading.Event()
@@ -97,7 +100,7 @@ def _run_cli(label_studio, checkpoint: Path, state: Path, project_id: int, *args
                          daemon=True).start()
     out, err = proc.communicate(timeout=240)
     log.write_text(out + err)
-    return proc.returncode, out, killed.is_set()
+    return proc.returncode, out + err, killed.is_set()
 
 
 def _kill_mid_video(state: Path, project_id: int, task: int, proc: subprocess.Popen, killed: threading.Event):
@@ -237,3 +240,74 @@ def test_retrieve_predictions_webhooks_and_jobs(label_studio, job_backend, tmp_p
         answer = requests.post(f"{job_backend}/preannotate", json=body, timeout=30)
         assert answer.status_code == status and words in answer.json()["error"], (body, answer.text)
     assert requests.get(f"{job_backend}/preannotate/nope", timeout=10).status_code == 404
+
+
+# ---------------------------------------------------------------- faults and bad input
+
+
+def _small_project(api, tmp_path: Path, title: str, n: int = 2, frames: int = 8) -> list[int]:
+    """A video project of `n` annotated tasks (one keyframe each); the task ids."""
+    project_id = api.create_project(title, VIDEO_CONFIG)["id"]
+    tasks = []
+    for seed in range(n):
+        clip = generate_clip(20 + seed, num_frames=frames, size=SIZE, num_objects=1, fps=FPS)
+        write_h264(tmp_path / f"{title}-{seed}.mp4", clip.frames, FPS)
+        task = api.import_file(project_id, tmp_path / f"{title}-{seed}.mp4")[-1]["id"]
+        api.request("POST", f"/api/tasks/{task}/annotations", json={"result": [_box_region(clip, 1, 0, frames)]})
+        tasks.append(task)
+    return tasks
+
+
+def test_label_studio_down_then_429_while_writing(label_studio, e2e_checkpoint, tmp_path, artifacts):
+    """Label Studio goes down for 20 s as the first prediction is written, then answers 429 twice: the
+    writes wait (backoff) and every task ends with exactly one prediction."""
+    api = label_studio.api
+    tasks = _small_project(api, tmp_path, "faults")
+    project_id = api.task(tasks[0])["project"]
+    state = {"down_until": None, "throttled": 0}
+
+    def rule(method: str, path: str):
+        now = time.monotonic()
+        if state["down_until"] is None and method == "POST" and path.startswith("/api/predictions"):
+            state["down_until"] = now + 20.0
+        if state["down_until"] is not None and now < state["down_until"]:
+            return "drop"
+        if state["down_until"] is not None and method == "POST" and path.startswith("/api/predictions") \
+                and state["throttled"] < 2:
+            state["throttled"] += 1
+            return 429
+        return None
+
+    with FaultProxy(label_studio.url, rule) as proxy:
+        code, out, _ = _run_cli(label_studio, e2e_checkpoint, tmp_path / "state", project_id,
+                                log=artifacts / "preannotate-faults.log", LABEL_STUDIO_URL=proxy.url)
+    assert code == 0, out
+    assert proxy.count("drop") >= 3 and proxy.count("429") == 2, proxy.log
+    assert "retrying in" in out and "HTTP 429" in out, out
+    for task in tasks:
+        assert len(_ours(api, task)) == 1, f"task {task}: {_ours(api, task)}"
+
+
+def test_cli_bad_input(label_studio, e2e_checkpoint, tmp_path, artifacts):
+    """Clear messages, exit status 2 for what stops the whole job, a per-task reason for a too long video;
+    nothing retried, no annotation changed."""
+    api = label_studio.api
+    state = tmp_path / "state"
+    (long_task,) = _small_project(api, tmp_path, "too-long", n=1, frames=12)
+    project_id = api.task(long_task)["project"]
+    text = api.create_project("text", '<View><Text name="t" value="$text"/>'
+                                      '<Choices name="c" toName="t"><Choice value="a"/></Choices></View>')["id"]
+    cases = [((999999,), {}, "not found"),
+             ((project_id,), {"LABEL_STUDIO_API_KEY": "0" * 40}, "refused the token"),
+             ((text,), {}, "unsupported label config"),
+             ((project_id, "--tasks", "5-x"), {}, "task ids are numbers")]
+    for (project, *args), env, words in cases:
+        code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project, *args,
+                                log=artifacts / "preannotate-bad-input.log", **env)
+        assert code == 2 and words in out, (project, args, out)
+    annotations = api.task(long_task)["annotations"]
+    code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project_id, log=artifacts / "preannotate-long.log",
+                            MAX_VIDEO_FRAMES="10")
+    assert code == 1 and f"task {long_task}: " in out and "MAX_VIDEO_FRAMES" in out, out
+    assert Journal(state).task(project_id, long_task)["attempts"] == 1, "a permanent failure was retried"
+    assert _ours(api, long_task) == [] and api.task(long_task)["annotations"] == annotations

@@ -10,12 +10,14 @@ project that cannot be pre-annotated (unknown project, bad token, unsupported la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -108,16 +110,24 @@ def summary_table(summary: Summary) -> str:
     return "\n".join(out)
 
 
-def _install_sigint(stop: threading.Event) -> None:
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT / SIGTERM set `stop` (a second one raises KeyboardInterrupt); the old handlers come back after."""
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
         print("\nstopping: finishing cleanly (Ctrl-C again aborts)", file=sys.stderr, flush=True)
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, handler)
-        signal.signal(signal.SIGTERM, handler)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,11 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     journal = Journal(settings.preannotate_state_dir)
     if args.job:
-        journal.update_job(args.job, pid=__import__("os").getpid())
+        journal.update_job(args.job, pid=os.getpid())
     stop = threading.Event()
-    _install_sigint(stop)
     try:
-        return _run(args, settings, journal, stop)
+        with _stop_on_signals(stop):
+            return _run(args, settings, journal, stop)
     finally:
         journal.close()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from backend.preannotate import cli
 from backend.preannotate.journal import Journal
 from backend.preannotate.ledger import SIGNATURE_KEY
 from sam2_model.train.synthetic import generate_clip
@@ -288,26 +289,38 @@ def test_label_studio_down_then_429_while_writing(label_studio, e2e_checkpoint, 
         assert len(_ours(api, task)) == 1, f"task {task}: {_ours(api, task)}"
 
 
-def test_cli_bad_input(label_studio, e2e_checkpoint, tmp_path, artifacts):
+def test_cli_bad_input(label_studio, e2e_checkpoint, tmp_path, monkeypatch, capsys):
     """Clear messages, exit status 2 for what stops the whole job, a per-task reason for a too long video;
-    nothing retried, no annotation changed."""
+    nothing retried, no annotation changed. (The CLI runs in this process: no interpreter start per case.)"""
     api = label_studio.api
     state = tmp_path / "state"
     (long_task,) = _small_project(api, tmp_path, "too-long", n=1, frames=12)
     project_id = api.task(long_task)["project"]
     text = api.create_project("text", '<View><Text name="t" value="$text"/>'
                                       '<Choices name="c" toName="t"><Choice value="a"/></Choices></View>')["id"]
-    cases = [((999999,), {}, "not found"),
-             ((project_id,), {"LABEL_STUDIO_API_KEY": "0" * 40}, "refused the token"),
-             ((text,), {}, "unsupported label config"),
-             ((project_id, "--tasks", "5-x"), {}, "task ids are numbers")]
-    for (project, *args), env, words in cases:
-        code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project, *args,
-                                log=artifacts / "preannotate-bad-input.log", **env)
-        assert code == 2 and words in out, (project, args, out)
+    for key, value in {"SAM2_CHECKPOINT": str(e2e_checkpoint), "DEVICE": "cpu", "LABEL_STUDIO_URL": label_studio.url,
+                       "LABEL_STUDIO_API_KEY": label_studio.token, "PREANNOTATE_STATE_DIR": str(state),
+                       "MEDIA_CACHE_DIR": str(state / "media")}.items():
+        monkeypatch.setenv(key, value)
+    cases = [(["--project", "999999"], {}, 2, "not found"),
+             (["--project", str(project_id)], {"LABEL_STUDIO_API_KEY": "0" * 40}, 2, "refused the token"),
+             (["--project", str(text)], {}, 2, "unsupported label config"),
+             (["--project", str(project_id)], {"PROMPT_SOURCES": "annotation,guess"}, 2, "PROMPT_SOURCES"),
+             (["--project", str(project_id), "--tasks", "5-x"], {}, 2, "task ids are numbers")]
+    for argv, env, status, words in cases:
+        with monkeypatch.context() as m:
+            for key, value in env.items():
+                m.setenv(key, value)
+            try:
+                code = cli.main(["--quiet", *argv])
+            except SystemExit as exc:  # argparse
+                code = exc.code
+        out = "".join(capsys.readouterr())
+        assert code == status and words in out, (argv, env, out)
     annotations = api.task(long_task)["annotations"]
-    code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project_id, log=artifacts / "preannotate-long.log",
-                            MAX_VIDEO_FRAMES="10")
-    assert code == 1 and f"task {long_task}: " in out and "MAX_VIDEO_FRAMES" in out, out
+    monkeypatch.setenv("MAX_VIDEO_FRAMES", "10")
+    assert cli.main(["--quiet", "--project", str(project_id)]) == 1
+    out = capsys.readouterr().out
+    assert f"task {long_task}: video has 12 frames, more than MAX_VIDEO_FRAMES (10)" in out, out
     assert Journal(state).task(project_id, long_task)["attempts"] == 1, "a permanent failure was retried"
     assert _ours(api, long_task) == [] and api.task(long_task)["annotations"] == annotations

@@ -85,8 +85,9 @@ def project(label_studio, tmp_path_factory):
 
 
 def _run_cli(label_studio, checkpoint: Path, state: Path, project_id: int, *args: str, log: Path,
-             kill_during: int | None = None, **env_over: str) -> tuple[int, str, bool]:
-    """Run the CLI to its end; with kill_during, SIGKILL the worker tracking that task once, mid-video.
+             kill_during: int | None = None, interrupt: bool = False, **env_over: str) -> tuple[int, str, bool]:
+    """Run the CLI to its end; with kill_during, SIGKILL the worker tracking that task once, mid-video
+    (interrupt: Ctrl-C the CLI then instead).
     env_over: environment variables over the defaults. (exit status, stdout + stderr, whether a worker was
     killed)."""
     env = dict(os.environ, SAM2_CHECKPOINT=str(checkpoint), DEVICE="cpu", LABEL_STUDIO_URL=label_studio.url,
@@ -97,14 +98,17 @@ def _run_cli(label_studio, checkpoint: Path, state: Path, project_id: int, *args
                              *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = threading.Event()
     if kill_during is not None:
-        threading.Thread(target=_kill_mid_video, args=(state, project_id, kill_during, proc, killed),
+        threading.Thread(target=_kill_mid_video, args=(state, project_id, kill_during, proc, killed, interrupt),
                          daemon=True).start()
     out, err = proc.communicate(timeout=240)
     log.write_text(out + err)
     return proc.returncode, out + err, killed.is_set()
 
 
-def _kill_mid_video(state: Path, project_id: int, task: int, proc: subprocess.Popen, killed: threading.Event):
+def _kill_mid_video(state: Path, project_id: int, task: int, proc: subprocess.Popen, killed: threading.Event,
+                    interrupt: bool = False):
+    """SIGKILL the worker tracking `task` (interrupt: SIGINT the CLI instead) once the journal shows it
+    mid-video."""
     journal = None
     while proc.poll() is None:
         try:
@@ -112,11 +116,20 @@ def _kill_mid_video(state: Path, project_id: int, task: int, proc: subprocess.Po
             row = journal.task(project_id, task)
         except Exception:  # the CLI has not created the journal yet
             row = None
-        if row is not None and row["worker"] and 0 < row["frames_done"] < row["frames_total"]:
-            os.kill(int(row["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+        if row is not None and row["status"] == "running" and row["worker"] \
+                and 0 < row["frames_done"] < row["frames_total"]:
+            if interrupt:
+                proc.send_signal(signal.SIGINT)
+            else:
+                os.kill(int(row["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
             killed.set()
             return
         time.sleep(0.05)
+
+
+def _annotations(api, task: int) -> list[tuple[int, list]]:
+    """(id, result) of the task's annotations."""
+    return [(a["id"], a["result"]) for a in api.task(task)["annotations"]]
 
 
 def _ours(api, task: int) -> list[dict]:
@@ -126,7 +139,7 @@ def _ours(api, task: int) -> list[dict]:
 def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_path, artifacts):
     api = label_studio.api
     project_id, videos = project
-    annotations = {v.task: api.task(v.task)["annotations"] for v in videos.values()}
+    annotations = {v.task: _annotations(api, v.task) for v in videos.values()}
     state = tmp_path / "state"
 
     code, out, killed = _run_cli(label_studio, e2e_checkpoint, state, project_id, "--workers", "2",
@@ -158,8 +171,25 @@ def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_p
     for task, prediction_id in first_ids.items():
         assert [p["id"] for p in _ours(api, task)] == [prediction_id], "the rerun wrote a prediction"
     assert out.count(" unchanged ") == len(first_ids), out
+
+    # new prompts on the long video; Ctrl-C mid-video: the old prediction stays, the rerun replaces it
+    long = videos["long"]
+    ((annotation_id, result),) = annotations[long.task]
+    moved = [dict(r, value=dict(r["value"], sequence=[dict(k, x=k["x"] + 1) for k in r["value"]["sequence"]]))
+             for r in result]
+    api.request("PATCH", f"/api/annotations/{annotation_id}", json={"result": moved})
+    code, out, interrupted = _run_cli(label_studio, e2e_checkpoint, state, project_id, "--tasks", str(long.task),
+                                      kill_during=long.task, interrupt=True, log=artifacts / "preannotate-run3.log")
+    assert interrupted and code == 130 and "stopped" in out, out
+    assert [p["id"] for p in _ours(api, long.task)] == [first_ids[long.task]], "a cut track was written"
+    code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project_id, "--tasks", str(long.task),
+                            log=artifacts / "preannotate-run4.log")
+    assert code == 0, out
+    (prediction,) = _ours(api, long.task)
+    assert prediction["id"] != first_ids[long.task] and journal.task(project_id, long.task)["frames_done"] == LONG
     for video in videos.values():
-        assert api.task(video.task)["annotations"] == annotations[video.task], "an annotation changed"
+        if video is not long:
+            assert _annotations(api, video.task) == annotations[video.task], "an annotation changed"
 
 
 # ---------------------------------------------------------------- HTTP: Retrieve Predictions, webhooks, jobs
@@ -317,10 +347,10 @@ def test_cli_bad_input(label_studio, e2e_checkpoint, tmp_path, monkeypatch, caps
                 code = exc.code
         out = "".join(capsys.readouterr())
         assert code == status and words in out, (argv, env, out)
-    annotations = api.task(long_task)["annotations"]
+    annotations = _annotations(api, long_task)
     monkeypatch.setenv("MAX_VIDEO_FRAMES", "10")
     assert cli.main(["--quiet", "--project", str(project_id)]) == 1
     out = capsys.readouterr().out
     assert f"task {long_task}: video has 12 frames, more than MAX_VIDEO_FRAMES (10)" in out, out
     assert Journal(state).task(project_id, long_task)["attempts"] == 1, "a permanent failure was retried"
-    assert _ours(api, long_task) == [] and api.task(long_task)["annotations"] == annotations
+    assert _ours(api, long_task) == [] and _annotations(api, long_task) == annotations

@@ -317,7 +317,8 @@ class SAM2Backend:
         out: dict[str, Any] = {"status": "ok", "event": event, "trained": False}
         if event in PREANNOTATE_EVENTS and self.settings.preannotate_webhook:
             task, project = webhook_task(data)
-            result = (data.get("annotation") or {}).get("result") if isinstance(data.get("annotation"), Mapping) else None
+            annotation = data.get("annotation")
+            result = annotation.get("result") if isinstance(annotation, Mapping) else None
             prompted = isinstance(result, list) and any(isinstance(r, Mapping) and r.get("type") in PROMPT_TYPES
                                                         for r in result)
             url, key = self._credentials()

@@ -99,13 +99,13 @@ class Journal:
 
     def progress(self, project: int, report: FrameProgress) -> None:
         self._x("UPDATE attempts SET frames_done=?, frames_total=?, heartbeat=?, worker=? WHERE project=? AND"
-                        " task=?", (report.frames_done, report.frames_total, self.clock(), report.worker, project,
-                                    report.task_id))
+                " task=?", (report.frames_done, report.frames_total, self.clock(), report.worker, project,
+                            report.task_id))
 
     def finished(self, project: int, outcome: Outcome) -> None:
         self._x("UPDATE attempts SET status=?, last_error=?, frames_done=MAX(frames_done, ?), objects=?,"
-                        " heartbeat=? WHERE project=? AND task=?",
-                        (outcome.status if outcome.status == FAILED else DONE, outcome.error, outcome.frames,
+                " heartbeat=? WHERE project=? AND task=?",
+                (outcome.status if outcome.status == FAILED else DONE, outcome.error, outcome.frames,
                          outcome.objects if outcome.status == DONE else None, self.clock(), project,
                          outcome.task_id))
 
@@ -123,14 +123,14 @@ class Journal:
     def add_job(self, project: int, tasks: Sequence[int] | None, origin: str) -> str:
         job_id = uuid.uuid4().hex[:12]
         self._x("INSERT INTO jobs (id, project, tasks, origin, state, created) VALUES (?, ?, ?, ?, 'queued', ?)",
-                        (job_id, project, None if tasks is None else json.dumps(list(tasks)), origin, self.clock()))
+                (job_id, project, None if tasks is None else json.dumps(list(tasks)), origin, self.clock()))
         return job_id
 
     def extend_queued(self, project: int, tasks: Sequence[int], origin: str) -> str | None:
         """Add `tasks` to a queued job of the project with a task list and the same origin; its id, or None."""
         with self._transaction():
             row = self._x("SELECT id, tasks FROM jobs WHERE project=? AND origin=? AND state='queued' AND"
-                                  " tasks IS NOT NULL ORDER BY created LIMIT 1", (project, origin)).fetchone()
+                          " tasks IS NOT NULL ORDER BY created LIMIT 1", (project, origin)).fetchone()
             if row is None:
                 return None
             merged = sorted(set(json.loads(row["tasks"])) | set(tasks))

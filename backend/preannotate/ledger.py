@@ -12,7 +12,8 @@ left), so the task never ends with two, and never loses the old one before the n
 Only predictions are written or deleted; annotations and drafts are only read.
 
 Label Studio unreachable, 5xx and 429 are retried with exponential backoff (0.5 s doubling up to 4 s; a
-Retry-After header replaces it) for up to RETRY_S seconds, then raise TransientError (the job is retried later); other 4xx raise LedgerError.
+Retry-After header replaces it) for up to RETRY_S seconds, then raise TransientError (the job is retried
+later); other 4xx raise LedgerError.
 """
 from __future__ import annotations
 

@@ -108,7 +108,8 @@ class Runner:
             tid = int(task["id"])
             chosen = select_prompts(task, config, self.settings.prompt_source_list, self.model_version)
             if chosen is None:
-                plan.lines[tid] = TaskLine(tid, NO_PROMPTS, f"no prompt in {', '.join(self.settings.prompt_source_list)}")
+                sources = ", ".join(self.settings.prompt_source_list)
+                plan.lines[tid] = TaskLine(tid, NO_PROMPTS, f"no prompt in {sources}")
                 continue
             source, regions = chosen
             sig = prompt_signature(regions)

@@ -12,7 +12,9 @@ Pieces (one job each)
 - `ledger.py`: reading tasks and prompts from Label Studio, the prompt signature, idempotent writes.
 - `journal.py`: the local SQLite journal (attempts, last error, frames done, heartbeat).
 - `runner.py`: one job over a project: pending specs from the ledger, the engine, retries, the summary.
-- `__main__.py`: the CLI, `python -m backend.preannotate --project ID ...`.
+- `cli.py` (`__main__.py`): the CLI, `python -m backend.preannotate --project ID ...`.
+- `jobs.py`: the HTTP side's jobs (POST /preannotate, Retrieve Predictions' unfinished tasks, annotation
+  webhooks), each run as a CLI process.
 
 Engine contract
 ---------------

@@ -154,6 +154,8 @@ def _run(args: argparse.Namespace, settings: Settings, journal: Journal, stop: t
     options = {"address": args.ray_address} if args.ray_address else {}
     workers = args.workers or settings.preannotate_workers or None
     try:
+        if not settings.sam2_checkpoint:
+            raise ValueError("set SAM2_CHECKPOINT to the checkpoint the workers load (as for the server)")
         ledger = LabelStudioLedger.from_settings(settings)
         engine = get_engine(name, workers=workers, **options)
         runner = Runner(settings, ledger, journal, engine)

@@ -163,19 +163,20 @@ class LabelStudioLedger:
         """The project's label config XML; LedgerError 404 when the project does not exist."""
         return self.call(f"reading project {project}", lambda: self.client.projects.get(id=project)).label_config
 
-    def tasks(self, project: int, ids: Sequence[int] | None = None) -> Iterator[dict]:
-        """The project's tasks (all, or `ids`) with annotations, drafts and predictions."""
-        if ids is not None:
-            for task_id in ids:
-                task = _as_dict(self.call(f"reading task {task_id}", lambda i=task_id: self.client.tasks.get(id=i)))
-                if task.get("project") not in (None, project):
-                    raise LedgerError(f"task {task_id} belongs to project {task.get('project')}, not {project}", 404)
-                yield task
-            return
+    def tasks(self, project: int) -> Iterator[dict]:
+        """Every task of the project with its annotations, drafts (Label Studio returns only the token user's)
+        and predictions."""
         pager = self.call(f"listing the tasks of project {project}",
                           lambda: self.client.tasks.list(project=project, fields="all"))
         for task in pager:
             yield _as_dict(task)
+
+    def task(self, project: int, task_id: int) -> dict:
+        """One task of the project (as `tasks`); LedgerError 404 when it does not exist or is another project's."""
+        task = _as_dict(self.call(f"reading task {task_id}", lambda: self.client.tasks.get(id=task_id)))
+        if task.get("project") not in (None, project):
+            raise LedgerError(f"task {task_id} belongs to project {task.get('project')}, not {project}", 404)
+        return task
 
     def predictions(self, task_id: int) -> list[dict]:
         return [_as_dict(p) for p in self.call(f"reading the predictions of task {task_id}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from config.settings import Settings
@@ -19,7 +19,7 @@ from config.settings import Settings
 from ..labelconfig import parse_label_config
 from .engine import Engine
 from .journal import Journal
-from .ledger import LabelStudioLedger, prompt_signature, select_prompts, stored_signature
+from .ledger import LabelStudioLedger, LedgerError, prompt_signature, select_prompts, stored_signature
 from .spec import DONE, FAILED, UNCHANGED, FrameProgress, JobSpec, Outcome
 from .worker import WorkerFactory
 
@@ -104,7 +104,7 @@ class Runner:
         if retry_failed:
             self.journal.reset_failed(project, task_ids)
         plan = Plan(project)
-        for task in self.ledger.tasks(project, task_ids):
+        for task in self._tasks(project, task_ids, plan):
             tid = int(task["id"])
             chosen = select_prompts(task, config, self.settings.prompt_source_list, self.model_version)
             if chosen is None:
@@ -128,6 +128,19 @@ class Runner:
             plan.specs.append(JobSpec(project, {"id": tid, "data": task.get("data") or {}}, xml, regions,
                                       self.model_version, sig, source, self.journal.attempts(*key) + 1, overwrite))
         return plan
+
+    def _tasks(self, project: int, task_ids: Sequence[int] | None, plan: Plan) -> Iterator[dict]:
+        """The project's tasks, or the given ones; a given task Label Studio does not have is a failed line."""
+        if task_ids is None:
+            yield from self.ledger.tasks(project)
+            return
+        for tid in task_ids:
+            try:
+                yield self.ledger.task(project, tid)
+            except LedgerError as exc:
+                if exc.status != 404:
+                    raise
+                plan.lines[tid] = TaskLine(tid, FAILED, str(exc))
 
     def run(self, plan: Plan, factory: WorkerFactory, stop_event: threading.Event,
             on_progress: Callable[[FrameProgress], None] = lambda p: None,

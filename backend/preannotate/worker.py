@@ -123,7 +123,7 @@ class Worker:
             status, message = known
             return Outcome(**fail, error=message, retryable=status >= 500)
         finally:
-            self._release(spec)
+            self._release()
 
     def _heartbeat(self, spec: JobSpec, report: Callable[[FrameProgress], None], stop: threading.Event) -> None:
         while True:
@@ -137,8 +137,7 @@ class Worker:
             if stop.wait(HEARTBEAT_S):
                 return
 
-    def _release(self, spec: JobSpec) -> None:
-        """Close the task's session: a job visits each task once, memory goes to the next."""
-        with contextlib.suppress(Exception):
-            config = parse_label_config(spec.label_config)
-            self.backend.store.release(TaskPredictor.video_key(spec.task, config))
+    def _release(self) -> None:
+        """Close the task's sessions (video, image sequence or image): a job visits each task once, the memory
+        goes to the next."""
+        self.backend.store.close()

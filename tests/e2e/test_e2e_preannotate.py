@@ -349,8 +349,9 @@ def test_cli_bad_input(label_studio, e2e_checkpoint, tmp_path, monkeypatch, caps
         assert code == status and words in out, (argv, env, out)
     annotations = _annotations(api, long_task)
     monkeypatch.setenv("MAX_VIDEO_FRAMES", "10")
-    assert cli.main(["--quiet", "--project", str(project_id)]) == 1
+    assert cli.main(["--quiet", "--project", str(project_id), "--tasks", f"{long_task},999999"]) == 1
     out = capsys.readouterr().out
     assert f"task {long_task}: video has 12 frames, more than MAX_VIDEO_FRAMES (10)" in out, out
+    assert "task 999999: not found in Label Studio" in out, out
     assert Journal(state).task(project_id, long_task)["attempts"] == 1, "a permanent failure was retried"
     assert _ours(api, long_task) == [] and _annotations(api, long_task) == annotations

@@ -4,6 +4,7 @@ tests/e2e/test_e2e_preannotate.py."""
 from __future__ import annotations
 
 import argparse
+import threading
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from backend.preannotate.ledger import (
 )
 from backend.preannotate.runner import GAVE_UP, NO_PROMPTS, Summary, TaskLine
 from backend.preannotate.spec import DONE, FAILED, FrameProgress, JobSpec, Outcome
+from backend.preannotate.worker import WorkerFactory
 from backend.results import AUTO_KEY
 from config.settings import Settings, SettingsError
 
@@ -182,3 +184,56 @@ def test_preannotate_routes_reject_bad_bodies(tmp_path):
     assert answer.status_code == 404 and "no pre-annotation job" in answer.get_json()["error"]
     webhook = {"action": "ANNOTATION_CREATED", "annotation": {"task": 1, "project": 1, "result": [_box("a", 1)]}}
     assert "job" not in client.post("/webhook", json=webhook).get_json(), "queued without Label Studio to write to"
+
+
+class _Predictions:
+    """In-memory stand-in for label_studio_sdk's `client.predictions` (list / create / delete), to check the
+    ledger's write order; the real Label Studio is exercised in tests/e2e/test_e2e_preannotate.py."""
+
+    def __init__(self, stored: list[dict]):
+        self.stored = stored
+        self.calls: list[str] = []
+
+    def list(self, task: int):
+        return [dict(p) for p in self.stored if p["task"] == task]
+
+    def create(self, task: int, result, score, model_version):
+        self.calls.append("create")
+        created = {"id": max([p["id"] for p in self.stored], default=0) + 1, "task": task, "result": result,
+                   "score": score, "model_version": model_version}
+        self.stored.append(created)
+        return type("Created", (), {"id": created["id"]})()
+
+    def delete(self, id: int):
+        self.calls.append(f"delete {id}")
+        self.stored[:] = [p for p in self.stored if p["id"] != id]
+
+
+def test_ledger_writes_first_then_leaves_one_prediction_of_ours():
+    stored = [{"id": 1, "task": 7, "model_version": "detector", "result": [_box("det", 1)]},
+              {"id": 2, "task": 7, "model_version": "sam2", "result": stamp([_box("a", 1)], "old")},
+              {"id": 3, "task": 8, "model_version": "sam2", "result": stamp([_box("b", 1)], "s1")}]
+    predictions = _Predictions(stored)
+    client = type("Client", (), {"predictions": predictions})()
+    ledger = LabelStudioLedger("http://127.0.0.1:9", "token", client=client)
+    spec = _spec(task=7, signature="s1")
+    assert not ledger.holds(spec), "a prediction of other prompts counted as this key's"
+    assert ledger.write_prediction(spec, {"result": [_box("a", 1)], "score": 0.5}) == 4
+    assert predictions.calls == ["create", "delete 2"], "the old prediction went before the new one was stored"
+    assert sorted(p["id"] for p in stored) == [1, 3, 4], "another task's or another model's prediction was touched"
+    stored.append(dict(stored[-1], id=5))  # a killed worker's duplicate of the same key
+    assert ledger.holds(spec) and sorted(p["id"] for p in stored if p["task"] == 7) == [1, 5]
+    assert ledger.write_prediction(spec, {"result": []}) is None and len(stored) == 3, "an empty result was stored"
+
+
+def test_local_engine_reports_a_worker_that_cannot_start(tmp_path):
+    """A spawned worker whose model cannot load: every spec ends failed with the reason, none is retried."""
+    settings = Settings(sam2_checkpoint=str(tmp_path / "missing.pt"), device="cpu", log_level="WARNING",
+                        media_cache_dir=str(tmp_path / "media"))
+    outcomes: list[Outcome] = []
+    engine = get_engine("local", workers=2)
+    engine.run([_spec(7), _spec(8)], WorkerFactory(settings), lambda p: None,
+               lambda o: outcomes.append(o), threading.Event())
+    assert sorted(o.task_id for o in outcomes) == [7, 8]
+    assert all(o.status == FAILED and not o.retryable and "cannot start" in o.error and "missing.pt" in o.error
+               for o in outcomes), outcomes

@@ -15,7 +15,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .spec import FAILED, FrameProgress, JobSpec, Outcome
 
@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 STOP_GRACE_S = 5.0
+MAX_FAILED_STARTS = 3  # a worker that dies this often before it is ready (e.g. out of memory loading) stops the run
 
 
 def _worker_main(factory, device: str | None, inbox, outbox, index: int, threads: int | None) -> None:
@@ -77,7 +78,7 @@ class _Slot:
     inbox: object = None
     spec: JobSpec | None = None
     ready: bool = False
-    setups: int = field(default=0)
+    failed_starts: int = 0  # deaths before the worker was ready, in a row
 
 
 class LocalEngine:
@@ -93,20 +94,22 @@ class LocalEngine:
         self.workers = workers
         self._ctx = multiprocessing.get_context("spawn")
         self._slots: list[_Slot] = []
+        self._broken: str | None = None  # why no worker can run: every spec then fails with it
 
     def run(self, specs: Sequence[JobSpec], worker_factory, on_progress: Callable[[FrameProgress], None],
             on_outcome: Callable[[Outcome], JobSpec | None], stop_event: threading.Event) -> None:
         todo = collections.deque(specs)
         if not todo:
             return
+        self._broken = None
         outbox = self._ctx.Queue()
         devices = _devices(worker_factory, self.workers)
         self._slots = [_Slot(i, d) for i, d in enumerate(devices[:max(1, min(len(devices), len(todo)))])]
-        broken: str | None = None
         try:
             for slot in self._slots:
                 self._start(slot, worker_factory, outbox)
             while (todo or any(s.spec for s in self._slots)) and not stop_event.is_set():
+                broken = self._broken
                 if broken:
                     for spec in list(todo) + [s.spec for s in self._slots if s.spec]:
                         on_outcome(Outcome(spec.task_id, spec.attempt, FAILED, error=broken))
@@ -122,9 +125,9 @@ class LocalEngine:
                     continue
                 slot = self._slots[index]
                 if kind == "ready":
-                    slot.ready = True
+                    slot.ready, slot.failed_starts = True, 0
                 elif kind == "setup_failed":
-                    broken = f"the worker cannot start: {payload}"
+                    self._broken = f"the worker cannot start: {payload}"
                 elif kind == "progress":
                     on_progress(payload)
                 elif kind == "outcome":
@@ -154,6 +157,12 @@ class LocalEngine:
             spec = slot.spec
             logger.warning("worker %d (pid %s) died with exit code %s%s", slot.index, slot.process.pid, code,
                            f" while tracking task {spec.task_id}" if spec else "")
+            if not slot.ready:
+                slot.failed_starts += 1
+                if slot.failed_starts >= MAX_FAILED_STARTS:
+                    self._broken = (f"the worker process died {slot.failed_starts} times while loading the model "
+                                    f"(exit code {code})")
+                    return
             self._start(slot, factory, outbox)
             if spec is not None:
                 retry = on_outcome(Outcome.crashed(spec, f"worker process died (exit code {code})"))

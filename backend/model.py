@@ -8,8 +8,11 @@ hostname and token to fetch media with when LABEL_STUDIO_URL / LABEL_STUDIO_API_
 Time limits (Label Studio gives up on /predict after 100 s):
 - interactive requests (params.context present) track for at most INTERACTIVE_BUDGET_S after the request
   arrived; the prompted frames are answered first, then as many frames as fit around the newest edit;
-- batch requests (Retrieve Predictions, context null) share PREDICT_BUDGET_S over all their tasks; tasks
-  reached after it are logged and answered with NO_PREDICTION.
+- batch requests (Retrieve Predictions, context null) share PREDICT_BUDGET_S over all their tasks; a task the
+  budget does not finish (not reached, or its tracking cut) is answered with NO_PREDICTION and queued as a
+  pre-annotation job (backend/preannotate), which writes its whole track to Label Studio when done.
+  Direct answers carry the prompts' signature (preannotate.ledger), so a later job leaves them alone.
+Annotation webhooks (ANNOTATION_CREATED / ANNOTATION_UPDATED with prompt regions) queue their task too.
 A batch answer never holds an empty prediction: a task without prompts, whose media fails, or that the budget
 did not reach is answered with NO_PREDICTION (an empty list in its place in `results`), for which Label Studio
 stores nothing (label_studio/ml/models.py, `_get_predictions_from_ml_backend`, reads each task's answer as a

@@ -8,8 +8,11 @@ hostname and token to fetch media with when LABEL_STUDIO_URL / LABEL_STUDIO_API_
 Time limits (Label Studio gives up on /predict after 100 s):
 - interactive requests (params.context present) track for at most INTERACTIVE_BUDGET_S after the request
   arrived; the prompted frames are answered first, then as many frames as fit around the newest edit;
-- batch requests (Retrieve Predictions, context null) share PREDICT_BUDGET_S over all their tasks; tasks
-  reached after it are logged and answered with NO_PREDICTION.
+- batch requests (Retrieve Predictions, context null) share PREDICT_BUDGET_S over all their tasks; a task the
+  budget does not finish (not reached, or its tracking cut) is answered with NO_PREDICTION and queued as a
+  pre-annotation job (backend/preannotate), which writes its whole track to Label Studio when done.
+  Direct answers carry the prompts' signature (preannotate.ledger), so a later job leaves them alone.
+Annotation webhooks (ANNOTATION_CREATED / ANNOTATION_UPDATED with prompt regions) queue their task too.
 A batch answer never holds an empty prediction: a task without prompts, whose media fails, or that the budget
 did not reach is answered with NO_PREDICTION (an empty list in its place in `results`), for which Label Studio
 stores nothing (label_studio/ml/models.py, `_get_predictions_from_ml_backend`, reads each task's answer as a
@@ -40,15 +43,30 @@ from .errors import BackendError, http_error
 from .events import EVENTS, EventHandler
 from .labelconfig import parse_label_config
 from .media import MediaFetcher
-from .predict import TaskPredictor
+from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions
+from .preannotate.jobs import JobManager
+from .preannotate.ledger import LabelStudioLedger, prompt_regions, prompt_signature, stamp
 from .prompts import current_regions
 from .regions import checked_request
 from .sessions import SessionStore
 
 logger = logging.getLogger(__name__)
 
+PREANNOTATE_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")  # webhooks that queue their task
 NO_PREDICTION: list = []  # a batch task's answer that makes Label Studio store no prediction for it
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def webhook_task(data: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """(task id, project id) of an annotation webhook body; None where it does not say."""
+    def ident(value: Any) -> int | None:
+        value = value.get("id") if isinstance(value, Mapping) else value
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    annotation = data.get("annotation") if isinstance(data.get("annotation"), Mapping) else {}
+    task = ident(data.get("task")) or ident(annotation.get("task"))
+    project = ident(data.get("project")) or ident(annotation.get("project"))
+    return task, project
 
 
 def resolve_device(device: str) -> str:
@@ -130,6 +148,7 @@ class SAM2Backend:
         self._video: VideoPredictor | None = None
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
+        self._jobs: JobManager | None = None
 
     @property
     def model_version(self) -> str:
@@ -206,18 +225,22 @@ class SAM2Backend:
         interactive = context is not None
         budget = self.settings.interactive_budget_s if interactive else self.settings.predict_budget_s
         deadline = started + budget
-        results = []
+        results, queued = [], []
         for i, task in enumerate(tasks):
             regions = current_regions(task, context)
             if interactive:
                 results.append(self.predictor.predict(task, config, regions, deadline))
             elif self.clock() >= deadline:
-                logger.warning("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s left without prediction; "
-                               "retrieve its predictions again", budget, task.get("id"))
+                if has_prompt_regions(regions, config):
+                    logger.info("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s queued for pre-annotation",
+                                budget, task.get("id"))
+                    queued.append(task.get("id"))
                 self.count("tasks_skipped_budget")
                 results.append(NO_PREDICTION)
             else:
-                results.append(self._batch_task(task, config, regions, deadline))
+                results.append(self._batch_task(task, config, regions, deadline, queued))
+        if queued:
+            self._queue_batch(project, queued)
         self.count("tasks", len(tasks))
         return {"results": results, "model_version": self.model_version}
 
@@ -230,11 +253,22 @@ class SAM2Backend:
                 raise BackendError('"label_config" is missing (and no /setup gave this project\'s config)')
         return label_config
 
-    def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float) -> dict | list:
-        """A batch task's prediction; NO_PREDICTION when it has no region or its own data is unusable (logged)."""
+    def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float,
+                    queued: list) -> dict | list:
+        """A batch task's prediction, its regions stamped with the prompts' signature (preannotate.ledger);
+        NO_PREDICTION when it has no region or its own data is unusable (logged), or when the budget ran out
+        while it was tracked (the task goes to `queued`: a pre-annotation job writes its whole track)."""
         try:
             answer = self.predictor.predict(task, config, regions, deadline)
-            return answer if answer["result"] else NO_PREDICTION
+            if self.clock() >= deadline and has_prompt_regions(regions, config):
+                logger.info("task %s: the batch time budget ran out while tracking it: queued for pre-annotation",
+                            task.get("id"))
+                queued.append(task.get("id"))
+                return NO_PREDICTION
+            if not answer["result"]:
+                return NO_PREDICTION
+            signature = prompt_signature(prompt_regions(regions, config))
+            return dict(answer, result=stamp(answer["result"], signature))
         except Exception as exc:
             answer = http_error(exc)
             if answer is None or answer[0] >= 500:
@@ -243,10 +277,60 @@ class SAM2Backend:
             self.count("tasks_failed")
             return NO_PREDICTION
 
+    # -- pre-annotation jobs (backend/preannotate) --------------------------------------------------
+
+    @property
+    def jobs(self) -> JobManager:
+        with self._lock:
+            if self._jobs is None:
+                self._jobs = JobManager(self.settings)
+            return self._jobs
+
+    def preannotate(self, project: int, tasks: list[int] | None, origin: str = "http") -> dict:
+        """Queue a pre-annotation job after checking that Label Studio knows the project and that its label
+        config is supported (LedgerError / LabelConfigError otherwise)."""
+        url, key = self._credentials()
+        if not url or not key:
+            raise BackendError("pre-annotation writes to Label Studio: set LABEL_STUDIO_URL and "
+                               "LABEL_STUDIO_API_KEY", 503)
+        ledger = LabelStudioLedger(url, key, self.settings.download_timeout_s, retry_s=0.0)
+        parse_label_config(ledger.label_config(project))
+        job = self.jobs.submit(project, tasks, origin, (url, key))
+        return {"job": job, "state": "queued", "project": project, "tasks": tasks, "status": f"/preannotate/{job}"}
+
+    def preannotate_status(self, job: str) -> dict:
+        found = self.jobs.status(job)
+        if found is None:
+            raise BackendError(f"no pre-annotation job {job!r}", 404)
+        return found
+
+    def _queue_batch(self, project: str | None, tasks: list) -> None:
+        """Queue the batch tasks the budget did not finish (Retrieve Predictions), when Label Studio is known."""
+        project_id = str(project or "").split(".")[0]
+        url, key = self._credentials()
+        if not project_id.isdigit() or not url or not key:
+            logger.warning("tasks %s not queued for pre-annotation: %s", tasks, "the request names no project"
+                           if not project_id.isdigit() else "LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY unknown")
+            return
+        self.jobs.submit(int(project_id), [int(t) for t in tasks], "predict", (url, key))
+        self.count("tasks_queued", len(tasks))
+
     def fit(self, event: str, data: Mapping[str, Any]) -> dict:
-        """SAM 2 is not trained here; annotation events are acknowledged and otherwise ignored."""
+        """SAM 2 is not trained here. ANNOTATION_CREATED / ANNOTATION_UPDATED with prompt regions queue that
+        task for pre-annotation (webhook: the masklet arrives after Submit); other events are acknowledged."""
         self.count(f"webhook_{event}")
-        return {"status": "ok", "event": event, "trained": False}
+        out: dict[str, Any] = {"status": "ok", "event": event, "trained": False}
+        if event in PREANNOTATE_EVENTS and self.settings.preannotate_webhook:
+            task, project = webhook_task(data)
+            annotation = data.get("annotation")
+            result = annotation.get("result") if isinstance(annotation, Mapping) else None
+            prompted = isinstance(result, list) and any(isinstance(r, Mapping) and r.get("type") in PROMPT_TYPES
+                                                        for r in result)
+            url, key = self._credentials()
+            if task is not None and project is not None and prompted and url and key:
+                out["job"] = self.jobs.submit(project, [task], "webhook", (url, key))
+                self.count("tasks_queued")
+        return out
 
     # -- introspection ------------------------------------------------------------------------------
 
@@ -265,5 +349,7 @@ class SAM2Backend:
                 "counters": counters}
 
     def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.close()
         self.events.close()
         self.store.close()

@@ -1,7 +1,8 @@
 """HTTP routes of the Label Studio ML backend protocol (Label Studio 1.23.2 bodies).
 
-GET /health, POST /setup, POST /predict (also the event protocol, see events.py), POST /webhook, GET /metrics,
-GET /versions, GET /openapi.yaml (this API, described in openapi.yaml). Every error answer is
+GET /health, POST /setup, POST /predict (also the event protocol, see events.py), POST /webhook, POST /preannotate
+and GET /preannotate/<job> (pre-annotation jobs, backend/preannotate/jobs.py), GET /metrics, GET /versions,
+GET /openapi.yaml (this API, described in openapi.yaml). Every error answer is
 JSON `{"error": "..."}` saying what is wrong: 400 for malformed bodies and missing fields, 401 without valid
 basic auth, 404/405 for unknown routes or methods, 413/422 for tasks, configs, prompts or media that cannot
 be served (413 also for bodies over MAX_REQUEST_MB), 502 for Label Studio or media hosts that fail, 503 while
@@ -129,6 +130,26 @@ def register(app: Flask, backend: SAM2Backend) -> None:
         body = _body()
         action = _field(body, "action", str)
         return jsonify(backend.fit(action, body))
+
+    @app.post("/preannotate")
+    def preannotate():
+        body = _body()
+        project = _field(body, "project", int)
+        tasks = _field(body, "tasks", list, required=False)
+        if isinstance(project, bool) or project < 1:
+            raise BackendError(f'"project" must be a positive integer, got {project!r}')
+        for i, task in enumerate(tasks or []):
+            if not isinstance(task, int) or isinstance(task, bool) or task < 1:
+                raise BackendError(f'"tasks[{i}]" must be a positive integer task id, got {task!r}')
+        if tasks is not None and not tasks:
+            raise BackendError('"tasks" is empty: leave it out to pre-annotate every task of the project')
+        response = jsonify(backend.preannotate(project, sorted(set(tasks)) if tasks else None))
+        response.status_code = 202
+        return response
+
+    @app.get("/preannotate/<job>")
+    def preannotate_status(job: str):
+        return jsonify(backend.preannotate_status(job))
 
     @app.get("/metrics")
     def metrics():

@@ -29,6 +29,13 @@
 | MAX_REQUEST_MB | 64 | largest request body (413 above) |
 | MAX_VIDEO_FRAMES | 100000 | longest video accepted, in frames (413 above) |
 | MAX_VIDEO_PIXELS | 8294400 | largest video frame accepted, width x height (413 above; default 3840 x 2160) |
+| PROMPT_SOURCES | annotation | where pre-annotation jobs take prompts, in order of preference: comma list of annotation, draft, prediction (another model version's, e.g. imported detector boxes) |
+| PREANNOTATE_STATE_DIR | <tmp>/sam2-preannotate | the pre-annotation journal (SQLite: attempts, errors, progress, HTTP jobs) |
+| PREANNOTATE_MAX_ATTEMPTS | 3 | attempts per task and prompts before a job stops retrying it (`--retry-failed` resets) |
+| PREANNOTATE_WORKERS | 0 | worker processes of HTTP/webhook jobs; 0: one per GPU, else 1 |
+| PREANNOTATE_ENGINE | local | engine of HTTP/webhook jobs: local or ray |
+| PREANNOTATE_MAX_JOBS | 1 | pre-annotation jobs running at once (more wait, queued) |
+| PREANNOTATE_WEBHOOK | true | ANNOTATION_CREATED / ANNOTATION_UPDATED webhooks queue their task for pre-annotation |
 """
 from __future__ import annotations
 
@@ -41,6 +48,8 @@ from urllib.parse import urlparse
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+PROMPT_SOURCES = ("annotation", "draft", "prediction")
+ENGINES = ("local", "ray")
 
 
 class SettingsError(ValueError):
@@ -79,6 +88,13 @@ class Settings:
     max_request_mb: int = 64
     max_video_frames: int = 100000
     max_video_pixels: int = 3840 * 2160
+    prompt_sources: str = "annotation"
+    preannotate_state_dir: str = os.path.join(tempfile.gettempdir(), "sam2-preannotate")
+    preannotate_max_attempts: int = 3
+    preannotate_workers: int = 0
+    preannotate_engine: str = "local"
+    preannotate_max_jobs: int = 1
+    preannotate_webhook: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -110,6 +126,12 @@ class Settings:
             ("MAX_REQUEST_MB", self.max_request_mb >= 1, "must be at least 1"),
             ("MAX_VIDEO_FRAMES", self.max_video_frames >= 1, "must be at least 1"),
             ("MAX_VIDEO_PIXELS", self.max_video_pixels >= 1, "must be at least 1"),
+            ("PROMPT_SOURCES", bool(self.prompt_source_list) and set(self.prompt_source_list) <= set(PROMPT_SOURCES),
+             f"must be a comma list of {', '.join(PROMPT_SOURCES)}"),
+            ("PREANNOTATE_MAX_ATTEMPTS", self.preannotate_max_attempts >= 1, "must be at least 1"),
+            ("PREANNOTATE_WORKERS", self.preannotate_workers >= 0, "must be >= 0"),
+            ("PREANNOTATE_ENGINE", self.preannotate_engine in ENGINES, f"must be one of {', '.join(ENGINES)}"),
+            ("PREANNOTATE_MAX_JOBS", self.preannotate_max_jobs >= 1, "must be at least 1"),
             ("LOG_LEVEL", self.log_level in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
             ("SAM2_DTYPE", self.sam2_dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
             ("DEVICE", _valid_device(self.device), "must be auto, cpu, cuda, cuda:N or mps"),
@@ -128,6 +150,11 @@ class Settings:
     def allowed_media_hosts(self) -> frozenset[str]:
         """MEDIA_ALLOWED_HOSTS as lower-case `host` / `host:port` entries."""
         return frozenset(h.strip().lower() for h in (self.media_allowed_hosts or "").split(",") if h.strip())
+
+    @property
+    def prompt_source_list(self) -> tuple[str, ...]:
+        """PROMPT_SOURCES as a tuple, in order of preference."""
+        return tuple(s.strip().lower() for s in self.prompt_sources.split(",") if s.strip())
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

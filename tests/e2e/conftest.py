@@ -61,19 +61,28 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
+def e2e_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight checkpoint of E2E_MODEL (seed 0)."""
+    checkpoint = tmp_path_factory.mktemp("checkpoint") / "e2e_random.pt"
+    torch.manual_seed(0)
+    save_checkpoint(build_model(E2E_MODEL), checkpoint)
+    return checkpoint
+
+
+@pytest.fixture(scope="session")
 def backend_server(label_studio: LabelStudioHandle, tmp_path_factory: pytest.TempPathFactory,
-                   artifacts: Path) -> Iterator[str]:
+                   artifacts: Path, e2e_checkpoint: Path) -> Iterator[str]:
     """`gunicorn --config config/gunicorn.conf.py backend.wsgi:app` on 127.0.0.1:<free port> with a
     random-weight checkpoint; yields its base URL."""
     folder = tmp_path_factory.mktemp("backend")
-    checkpoint = folder / "e2e_random.pt"
-    torch.manual_seed(0)
-    save_checkpoint(build_model(E2E_MODEL), checkpoint)
+    checkpoint = e2e_checkpoint
     port = free_port()
     env = {
         "SAM2_CHECKPOINT": str(checkpoint), "DEVICE": "cpu", "PORT": str(port), "WORKERS": "1", "THREADS": "4",
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "MEDIA_CACHE_DIR": str(folder / "media"), "LOG_LEVEL": "INFO",
+        # these tests store annotations and check the predictions Retrieve Predictions stores: no webhook jobs
+        "PREANNOTATE_STATE_DIR": str(folder / "state"), "PREANNOTATE_WEBHOOK": "false",
     }
     with gunicorn_server(port, env, artifacts / "backend.log", timeout_s=60):
         yield f"http://127.0.0.1:{port}"

@@ -114,13 +114,15 @@ def connect_projects(api: LabelStudioAPI, media: E2EMedia, backend_url: str, tit
 
 
 def videorectangle_keyframe(frame: int, box_px: np.ndarray, *, region_id: str = "user-box",
-                            labels: tuple[str, ...] = ("Car",)) -> dict:
-    """A VideoRectangle drawn on 1-based `frame`, box (x1, y1, x2, y2) in pixels, as the editor sends it."""
-    h, w = FRAME_SIZE
+                            labels: tuple[str, ...] = ("Car",), frame_size: tuple[int, int] = FRAME_SIZE,
+                            frames_count: int = VIDEO_FRAMES) -> dict:
+    """A VideoRectangle drawn on 1-based `frame`, box (x1, y1, x2, y2) in pixels, as the editor sends it
+    (frame_size: (height, width) of a video of frames_count frames)."""
+    h, w = frame_size
     x1, y1, x2, y2 = (float(v) for v in box_px)
     return {
         "id": region_id, "type": "videorectangle", "from_name": "box", "to_name": "video", "origin": "manual",
-        "value": {"framesCount": VIDEO_FRAMES, "duration": VIDEO_FRAMES / FPS, "labels": list(labels),
+        "value": {"framesCount": frames_count, "duration": frames_count / FPS, "labels": list(labels),
                   "sequence": [{"frame": frame, "time": (frame - 1) / FPS, "enabled": True, "rotation": 0,
                                 "x": 100 * x1 / w, "y": 100 * y1 / h,
                                 "width": 100 * (x2 - x1 + 1) / w, "height": 100 * (y2 - y1 + 1) / h}]},

@@ -2,8 +2,8 @@
 the fake Label Studio) whose ledger is a folder (tests/recording_worker.py), two CPU actors.
 
 - a local Ray started by the engine: specs are shared by the actors, an actor killed with SIGKILL mid-video is
-  restarted and its spec retried through on_outcome: exactly one outcome per attempt, one write per task;
-  stop_event ends a run mid-video with nothing written;
+  restarted by Ray and its spec retried through on_outcome: exactly one outcome per attempt, one write per
+  task; the restarted actor takes work again; stop_event ends a run mid-video with nothing written;
 - `address`: joining a cluster started with `ray start --head` (token authentication on, as Ray 2.60 sets it
   up when a token exists), and a model that cannot load failing every spec once with the reason.
 The whole flow with Label Studio and the CLI: tests/e2e/test_e2e_preannotate_ray.py.
@@ -99,7 +99,8 @@ class Recorder:
     def on_outcome(self, outcome: Outcome) -> JobSpec | None:
         self.outcomes.append(outcome)
         if outcome.status == FAILED and outcome.retryable and outcome.attempt < 3:
-            return self.specs[outcome.task_id].retry() if outcome.attempt == 1 else None
+            retry = self.specs[outcome.task_id] = self.specs[outcome.task_id].retry()
+            return retry
         return None
 
     def run(self, engine, specs: list[JobSpec], factory) -> None:
@@ -107,7 +108,7 @@ class Recorder:
         engine.run(specs, factory, self.on_progress, self.on_outcome, self.stop)
 
 
-def test_local_ray_shares_specs_retries_a_killed_actor_and_stops(media, tmp_path):
+def test_local_ray_shares_specs_retries_a_killed_actor_restarts_and_stops(media, tmp_path):
     settings, specs = media
     factory = RecordingFactory(settings, folder=str(tmp_path))
     engine = get_engine("ray", workers=2)
@@ -129,19 +130,40 @@ def test_local_ray_shares_specs_retries_a_killed_actor_and_stops(media, tmp_path
                                     4: [f"task4-attempt1-pid{_pid(w)}.json" for w in _done_by(rec, 4)]}
         assert _pid(rec.killed) not in {_pid(o.worker) for o in rec.outcomes if o.status == DONE}
         assert any(p.task_id == 1 and 0 < p.frames_done < p.frames_total for p in rec.progress), "no progress relayed"
+        for path in tmp_path.glob("task*.json"):
+            path.unlink()
+        _one_actor(specs, factory, tmp_path)  # on the same Ray (ray.init is the slow part)
+    finally:
+        engine.close()
+    assert not ray.is_initialized(), "close() left the engine's Ray running"
+
+
+def _one_actor(specs: dict[int, JobSpec], factory, tmp_path: Path) -> None:
+    """One actor: after its SIGKILL, Ray's restart of it (a new process) runs the retry and the rest; then
+    stop_event ends a run mid-video with nothing written."""
+    engine = get_engine("ray", workers=1)  # Ray is up: the engine uses it (and leaves it up on close)
+    try:
+        rec = Recorder(kill_task=1)
+        rec.run(engine, [specs[1], specs[2]], factory)
+        assert rec.killed, "the long video was tracked before its actor could be killed mid-video"
+        assert sorted((o.task_id, o.attempt, o.status) for o in rec.outcomes) == [(1, 1, FAILED), (1, 2, DONE),
+                                                                                  (2, 1, DONE)], rec.outcomes
+        (restarted,) = {_pid(o.worker) for o in rec.outcomes if o.status == DONE}
+        assert restarted != _pid(rec.killed)
+        assert sorted(writes(tmp_path)) == [1, 2]
 
         # stop_event mid-video: the run returns, the cut task has no outcome and writes nothing
         for path in tmp_path.glob("task*.json"):
             path.unlink()
         rec = Recorder(stop_task=1)
-        started = threading.Thread(target=rec.run, args=(engine, [specs[1]], factory))
-        started.start()
-        started.join(120)
-        assert not started.is_alive(), "the run did not return after stop_event"
+        run = threading.Thread(target=rec.run, args=(engine, [specs[1]], factory))
+        run.start()
+        run.join(120)
+        assert not run.is_alive(), "the run did not return after stop_event"
         assert rec.stop.is_set() and rec.outcomes == [] and writes(tmp_path) == {}, rec.outcomes
     finally:
         engine.close()
-    assert not ray.is_initialized(), "close() left the engine's Ray running"
+    assert ray.is_initialized(), "an engine that joined a running Ray shut it down"
 
 
 def _pid(worker: str) -> int:

@@ -18,9 +18,10 @@ coordinator hands the next spec to whichever actor is free (dynamic load balanci
 their latest FrameProgress about once a second (actors run two calls at once: `run` and `progress`).
 
 Faults. An actor that dies (SIGKILL, OOM, a lost node) is restarted by Ray (`max_restarts`, a fresh process
-that loads the model again); the spec it held gets `Outcome.crashed` and the runner decides the retry
-(`max_task_retries=0`: one retry layer, the runner's). An actor that dies MAX_FAILED_STARTS times in a row
-before it is ready (or has no restarts left) is dropped; with none left every remaining spec fails with why.
+that loads the model again; calls meanwhile fail with ActorUnavailableError, so the coordinator asks again
+until it is ready); the spec it held gets `Outcome.crashed` and the runner decides the retry
+(`max_task_retries=0`: one retry layer, the runner's). An actor with no restarts left (ActorDiedError) or whose
+model cannot load is dropped; with none left every remaining spec fails with the reason.
 """
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import ActorUnavailableError, RayError
 
 from .engine import EngineError
-from .local_engine import MAX_FAILED_STARTS, _cpu_threads
+from .local_engine import _cpu_threads
 from .spec import FAILED, FrameProgress, JobSpec, Outcome
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.2
 PROGRESS_S = 1.0
+RESTART_POLL_S = 0.5  # how often a restarting actor is asked whether it is ready
 MAX_RESTARTS = 3
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # specs and outcomes are small JSON-like records
 
@@ -94,10 +96,10 @@ class _Slot:
     handle: object
     ready: bool = False
     spec: JobSpec | None = None
-    failed_starts: int = 0  # deaths before the actor was ready, in a row
     dead: str | None = None  # why this actor is given up
     progress_ref: object = None
     progress_at: float = 0.0
+    ask_ready_at: float | None = None  # when to ask a restarting actor again
     refs: dict = field(default_factory=dict)  # ObjectRef -> "ready" | "run" | "progress"
 
 
@@ -214,7 +216,7 @@ class RayEngine:
                     if slot.ready and not slot.dead and slot.spec is None and todo:
                         slot.spec = todo.popleft()
                         slot.refs[slot.handle.run.remote(slot.spec)] = "run"
-                self._ask_progress()
+                self._ask()
                 waiting = {ref: slot for slot in self._slots for ref in slot.refs}
                 done, _ = ray.wait(list(waiting), num_returns=1, timeout=POLL_S)
                 for ref in done:
@@ -228,9 +230,13 @@ class RayEngine:
             return self._slots[0].dead
         return None
 
-    def _ask_progress(self) -> None:
+    def _ask(self) -> None:
+        """Busy actors: their progress, once a second; restarting actors: whether they are ready again."""
         now = time.monotonic()
         for slot in self._slots:
+            if slot.ask_ready_at is not None and now >= slot.ask_ready_at:
+                slot.ask_ready_at = None
+                slot.refs[slot.handle.ready.remote()] = "ready"
             if slot.spec is not None and slot.progress_ref is None and now - slot.progress_at >= PROGRESS_S:
                 slot.progress_ref = slot.handle.progress.remote()
                 slot.refs[slot.progress_ref] = "progress"
@@ -245,12 +251,15 @@ class RayEngine:
                 slot.progress_ref = None
             elif kind == "run":
                 self._crashed(slot, exc, on_outcome, todo)
+            elif isinstance(exc, ActorUnavailableError):  # restarting: ask again soon
+                slot.ask_ready_at = time.monotonic() + RESTART_POLL_S
             else:
-                self._failed_start(slot, exc)
+                slot.dead = f"the Ray actor died and has no restarts left ({_short(exc)})"
+                logger.warning("Ray actor %d: %s", slot.index, slot.dead)
             return
         if kind == "ready":
             if value is None:
-                slot.ready, slot.failed_starts = True, 0
+                slot.ready = True
             else:  # the model cannot load: not worth a restart
                 slot.dead = f"the worker cannot start: {value}"
         elif kind == "progress":
@@ -275,16 +284,6 @@ class RayEngine:
         retry = on_outcome(Outcome.crashed(spec, f"Ray actor died ({_short(exc)})"))
         if retry is not None:
             todo.appendleft(retry)
-
-    def _failed_start(self, slot: _Slot, exc: BaseException) -> None:
-        slot.failed_starts += 1
-        logger.warning("Ray actor %d died before its model was loaded (%d in a row): %s", slot.index,
-                       slot.failed_starts, _short(exc))
-        if slot.failed_starts >= MAX_FAILED_STARTS:
-            slot.dead = (f"the Ray actor died {slot.failed_starts} times while loading the model "
-                         f"({_short(exc)})")
-        else:
-            slot.refs[slot.handle.ready.remote()] = "ready"
 
     def _kill_actors(self) -> None:
         """End every actor (a busy one's task writes nothing: its prediction is written only when whole)."""

@@ -2,6 +2,7 @@
 #   docker build -t sam2-label-studio .
 #   docker run --gpus all -p 9090:9090 -v sam2-models:/home/sam2/.cache/sam2 \
 #     -e LABEL_STUDIO_URL=http://<label studio>:8080 -e LABEL_STUDIO_API_KEY=<token> sam2-label-studio
+#   docker build --build-arg WITH_RAY=1 ...   also installs requirements-ray.txt (the `ray` pre-annotation engine)
 # torch 2.13.0 from PyPI (requirements.txt) is built for CUDA 13.0 (it brings the cuda-toolkit 13.0.3 wheels),
 # hence CUDA 13.0's runtime image; the host needs an NVIDIA driver >= 580 and the NVIDIA Container Toolkit.
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
@@ -21,10 +22,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
+# WITH_RAY=1: Ray (requirements-ray.txt) for `python -m backend.preannotate --engine ray`; the server needs none.
+ARG WITH_RAY=0
 WORKDIR /app
-COPY requirements.txt ./
+COPY requirements.txt requirements-ray.txt ./
 RUN python3 -m venv /opt/venv \
     && pip install -r requirements.txt \
+    && if [ "$WITH_RAY" = "1" ]; then pip install -r requirements-ray.txt; fi \
     && python -c "import torch; assert torch.version.cuda, 'expected a CUDA build of torch'"
 
 COPY sam2_model/ sam2_model/
@@ -36,7 +40,7 @@ COPY config/ config/
 # to fetch nothing. Downloaded media stay in the container (a cache, lost with it).
 RUN groupadd --gid 10001 sam2 \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin sam2 \
-    && mkdir -p /home/sam2/.cache/sam2 \
+    && mkdir -p /home/sam2/.cache/sam2 /home/sam2/.cache/sam2-preannotate \
     && chown -R 10001:10001 /home/sam2/.cache
 USER 10001:10001
 ENV XDG_CACHE_HOME=/home/sam2/.cache \

@@ -63,9 +63,13 @@ def test_dockerfile_promises():
     assert json.loads(entrypoint) == ["python", "-m", "backend.weights", "--exec",
                                       "gunicorn", "--config", "config/gunicorn.conf.py", "backend.wsgi:app"]
     for copied in _instructions("COPY"):
-        source = copied.split()[0]
-        assert (ROOT / source).exists(), f"COPY {source}: no such path"
-        assert f"!{source}" in (ROOT / ".dockerignore").read_text(), f".dockerignore leaves {source} out"
+        for source in copied.split()[:-1]:
+            assert (ROOT / source).exists(), f"COPY {source}: no such path"
+            assert f"!{source}" in (ROOT / ".dockerignore").read_text(), f".dockerignore leaves {source} out"
+    # WITH_RAY=1 installs the Ray engine's requirements, the default image has none.
+    assert "WITH_RAY=0" in _instructions("ARG")
+    (install,) = [r for r in _instructions("RUN") if "pip install" in r]
+    assert 'if [ "$WITH_RAY" = "1" ]; then pip install -r requirements-ray.txt; fi' in install
 
 
 def test_compose_file_validates():
@@ -88,3 +92,23 @@ def test_compose_promises():
     assert any(v.endswith(":/home/sam2/.cache/sam2") for v in backend["volumes"])
     for name in ("SAM2_CHECKPOINT", "SAM2_MODEL", "SAM2_CHECKPOINT_URL", "SAM2_CHECKPOINT_SHA256"):
         assert name in backend["environment"], f"docker-compose.yml does not pass {name} on"
+
+
+def test_compose_preannotate_service():
+    """The pre-annotation service: only with its profile, the CLI after the checkpoint's resolution, the GPUs
+    reserved, the journal in a volume, the same model settings as the backend."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    job, backend = services["sam2-preannotate"], services["sam2-backend"]
+    assert job["profiles"] == ["preannotate"] and "profiles" not in backend
+    assert job["entrypoint"] == ["python", "-m", "backend.weights", "--exec", "python", "-m", "backend.preannotate"]
+    assert job["command"][0] == "--project"
+    assert job["build"]["context"] == "." and job["build"]["args"]["WITH_RAY"].startswith("${WITH_RAY")
+    (device,) = job["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    env = job["environment"]
+    for name in ("LABEL_STUDIO_URL", "SAM2_CHECKPOINT", "SAM2_MODEL", "SAM2_CHECKPOINT_URL", "SAM2_CHECKPOINT_SHA256"):
+        assert env[name] == backend["environment"][name], name
+    assert f"sam2-preannotate:{env['PREANNOTATE_STATE_DIR']}" in job["volumes"]
+    assert "sam2-preannotate" in compose["volumes"]
+    assert "/home/sam2/.cache/sam2-preannotate" in next(r for r in _instructions("RUN") if "mkdir" in r)

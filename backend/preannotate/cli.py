@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
                    help="forget the failures of earlier runs (tasks that failed PREANNOTATE_MAX_ATTEMPTS times)")
     p.add_argument("--workers", type=int, help="worker processes / actors (default: one per GPU, else 1)")
     p.add_argument("--engine", choices=ENGINES, default=None, help="default: PREANNOTATE_ENGINE (local)")
-    p.add_argument("--ray-address", help="join this Ray cluster (ray engine; default: start Ray here)")
+    p.add_argument("--ray-address", help="join this Ray cluster, HEAD_IP:6379 (ray engine; default: RAY_ADDRESS, "
+                   "else a local Ray started here)")
     p.add_argument("--job", help=argparse.SUPPRESS)  # an HTTP job's id (jobs.py)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -154,6 +155,8 @@ def _run(args: argparse.Namespace, settings: Settings, journal: Journal, stop: t
     options = {"address": args.ray_address} if args.ray_address else {}
     workers = args.workers or settings.preannotate_workers or None
     try:
+        if args.ray_address and name != "ray":
+            raise ValueError("--ray-address joins a Ray cluster: use it with --engine ray")
         if not settings.sam2_checkpoint:
             raise ValueError("set SAM2_CHECKPOINT to the checkpoint the workers load (as for the server)")
         ledger = LabelStudioLedger.from_settings(settings)
@@ -171,6 +174,8 @@ def _run(args: argparse.Namespace, settings: Settings, journal: Journal, stop: t
         summary = runner.run(plan, WorkerFactory(settings), stop,
                              on_progress=lambda p: (bars.progress(p), job_progress.progress(p)),
                              on_outcome=lambda o: (bars.outcome(o), job_progress.outcome(o)))
+    except EngineError as exc:  # e.g. a local Ray that cannot start: the tasks stay pending
+        return _fail(journal, args.job, str(exc))
     finally:
         bars.close()
         engine.close()

@@ -19,9 +19,10 @@ event (context besides `event`) -> item type: value
 - track_cancel (session_id) -> track_cancel_ack: {status: cancelled | not_found, session_id}
 - release -> release_ack: {status: released, released}
 
-- Frames: `time_ms` wins over the 1-based `frame` (default 1); frame = floor(time_ms / 1000 * fps + 1e-6) with
-  the decoded video's fps (the 1e-6 frame only absorbs float error, so our own `time_ms` maps back exactly); a
-  time in the frame after the last one is the last frame, later times are a 422.
+- Frames: `time_ms` wins over the 1-based `frame` (default 1). A time is the video's own clock (the browser's
+  currentTime) and names the decoded frame shown then; `frame` is the editor's frame at the config's framerate
+  (backend/frametime.py). Answers carry 0-based decoded frames and the time each starts showing, which maps
+  back to the same frame. Times or frames more than half a second past the end are a 422.
 - Prompts (`context.result`): keypointlabels {x, y, positive | is_positive} and at most one rectanglelabels
   {x, y, width, height, rotation} per object and frame, percent of the frame; other items are ignored.
 - Masks: 8-bit gray PNG data URLs, 255 on the object (as the reference backend sends them).
@@ -65,6 +66,7 @@ from typing import Any
 from sam2_model.video.session import FrameResult, SessionError, VideoSession
 
 from .errors import BackendError
+from .frametime import FrameMap, FrameTimeError
 from .labelconfig import LabelConfig
 from .predict import TaskPredictor
 from .prompts import FramePrompt, ObjectPrompts, PromptError, _is_positive, point_to_px, rect_to_box
@@ -77,7 +79,6 @@ logger = logging.getLogger(__name__)
 EVENTS = ("capabilities", "prewarm", "predict", "track", "track_progress", "track_cancel", "release")
 DIRECTIONS = ("forward", "backward", "both")
 DEFAULT_OBJECT = "0"
-TIME_EPSILON = 1e-6  # frames
 
 
 @dataclass(frozen=True)
@@ -120,27 +121,26 @@ def _direction(context: Mapping[str, Any]) -> str:
     return direction
 
 
-def frame_index(context: Mapping[str, Any], frame_count: int, fps: float) -> int:
-    """0-based frame of an event: from `time_ms` (preferred) with the video's fps, else the 1-based `frame`."""
+def frame_index(context: Mapping[str, Any], frames: FrameMap) -> int:
+    """0-based decoded frame of an event: the one the browser shows at `time_ms` (preferred; the video's own
+    clock, as currentTime), else at the editor's 1-based `frame` (default 1); see frametime.py."""
     time_ms = context.get("time_ms")
-    if time_ms is not None and fps > 0:
+    if time_ms is not None:
         if not _is_number(time_ms) or time_ms < 0:
             raise BackendError(f'"params.context.time_ms" must be a number >= 0, got {time_ms!r}')
-        index = math.floor(time_ms / 1000 * fps + TIME_EPSILON)
-        if index == frame_count:  # within the frame after the last one, e.g. currentTime == duration
-            index -= 1
-        if index >= frame_count:
-            raise BackendError(f"time_ms {time_ms:g} is beyond the video: {frame_count} frames at {fps:g} fps end "
-                               f"at {frame_count * 1000 / fps:.0f} ms", 422)
-        return index
+        try:
+            return frames.decoded_at(time_ms / 1000, "params.context.time_ms")
+        except FrameTimeError as exc:
+            raise BackendError(str(exc), 422) from None
     frame = context.get("frame", 1)
     if isinstance(frame, float) and frame.is_integer():
         frame = int(frame)
     if isinstance(frame, bool) or not isinstance(frame, int):
         raise BackendError(f'"params.context.frame" must be an integer (1-based), got {frame!r}')
-    if not 1 <= frame <= frame_count:
-        raise BackendError(f"frame {frame} is outside the video (frames 1..{frame_count}, 1-based)", 422)
-    return frame - 1
+    try:
+        return frames.decoded(frame, "params.context.frame")
+    except FrameTimeError as exc:
+        raise BackendError(str(exc), 422) from None
 
 
 def frame_prompt(context: Mapping[str, Any], frame: int, frame_size: tuple[int, int]) -> FramePrompt | None:
@@ -209,12 +209,13 @@ def window_frames(frame: int, window: int, direction: str, frame_count: int) -> 
     return order
 
 
-def png_entries(result: FrameResult, keys: Iterable[str], fps: float) -> list[dict]:
-    """track_progress frame entries of one frame: one per object of `keys` whose mask there is not empty."""
+def png_entries(result: FrameResult, keys: Iterable[str], starts: Sequence[float]) -> list[dict]:
+    """track_progress frame entries of one frame: one per object of `keys` whose mask there is not empty.
+    starts: when each decoded frame starts showing (seconds; the timeline's starts)."""
     wanted = set(keys)
     height, width = result.masks.shape[1:] if len(result.masks) else (0, 0)
     return [
-        {"frame": result.frame_idx, "time_ms": result.frame_idx * 1000.0 / fps,
+        {"frame": result.frame_idx, "time_ms": float(starts[result.frame_idx]) * 1000.0,
          "imageDataURL": mask_to_png_data_url(mask, grayscale=True), "width": int(width), "height": int(height),
          "object_id": obj_id}
         for obj_id, mask in zip(result.obj_ids, result.masks) if obj_id in wanted and mask.any()
@@ -285,11 +286,11 @@ class TrackJob:
     a bounded buffer (of frames; each frame holds the non-empty masks of its objects) for track_progress."""
 
     def __init__(self, store: SessionStore, key: Hashable, progress: Progress, object_ids: Sequence[str],
-                 fps: float, limits: EventLimits):
+                 starts: Sequence[float], limits: EventLimits):
         self.id = uuid.uuid4().hex[:12]
         self.store, self.key, self.progress = store, key, progress
         self.object_ids = list(object_ids)
-        self.fps = fps
+        self.starts = starts
         self.limits = limits
         self.total = _total(progress)
         self.produced = 0
@@ -372,7 +373,7 @@ class TrackJob:
                 complete = p.done and forward == p.fwd_next and (backward == p.bwd_next or not p.bwd_started)
                 contended = entry.users > 1
             sent.update(new)
-            self._push([png_entries(r, self.object_ids, self.fps) for r in results])
+            self._push([png_entries(r, self.object_ids, self.starts) for r in results])
             if complete:
                 return
             if contended:
@@ -485,7 +486,7 @@ class EventHandler:
         direction = _direction(context)
         with self.predictor.video_session(task, config) as entry:
             tracker: Tracker = entry.value
-            frame = frame_index(context, tracker.frame_count, self._fps(tracker, config, task))
+            frame = frame_index(context, self._frames(tracker, config, task))
             frames = window_frames(frame, window, direction, tracker.frame_count)
             pending = [f for f in frames if f not in tracker.session.features]
             state = _state(entry)
@@ -501,8 +502,8 @@ class EventHandler:
         with self.predictor.video_session(task, config) as entry:
             tracker: Tracker = entry.value
             state = _state(entry)
-            fps = self._fps(tracker, config, task)
-            frame = frame_index(context, tracker.frame_count, fps)
+            timeline = tracker.session.frames.timeline
+            frame = frame_index(context, self._frames(tracker, config, task))
             fp = frame_prompt(context, frame, tracker.session.frame_size)
             objects = with_prompt(state.objects, key, frame, fp, keep_other_frames=explicit)
             if signature(objects.values()) != tracker.prompts:
@@ -515,7 +516,7 @@ class EventHandler:
             mask = result.masks[result.obj_ids.index(key)]
         height, width = mask.shape
         value = {"imageDataURL": mask_to_png_data_url(mask, grayscale=True), "width": width, "height": height,
-                 "object_id": key, "frame": frame, "time_ms": frame * 1000.0 / fps}
+                 "object_id": key, "frame": frame, "time_ms": float(timeline.starts[frame]) * 1000.0}
         return [self._item("bitmask", value, config)]
 
     def _track(self, task, config: LabelConfig, context) -> list[dict]:
@@ -532,7 +533,8 @@ class EventHandler:
             tracker: Tracker = entry.value
             state = _state(entry)
             fps = self._fps(tracker, config, task)
-            frame = frame_index(context, tracker.frame_count, fps)
+            timeline = tracker.session.frames.timeline
+            frame = frame_index(context, self._frames(tracker, config, task))
             limit = self._track_limit(context, fps)
             objects = state.objects
             fp = frame_prompt(context, frame, tracker.session.frame_size)
@@ -544,12 +546,13 @@ class EventHandler:
             self._cancel(state, "a new track")
             tracker.set_prompts(list(objects.values()), limit, start=frame, direction=direction)
             state.objects = objects
-            job = state.job = TrackJob(self.store, video_key, tracker.progress, list(objects), fps, self.limits)
+            job = state.job = TrackJob(self.store, video_key, tracker.progress, list(objects), timeline.starts,
+                                       self.limits)
             with self._lock:
                 self._jobs[job.id] = job
             job.thread.start()
         value = {"session_id": job.id, "total_frames": job.total, "fps": fps,
-                 "duration_ms": tracker.frame_count * 1000.0 / fps, "start_frame": job.progress.start,
+                 "duration_ms": timeline.end * 1000.0, "start_frame": job.progress.start,
                  "direction": direction, "object_ids": job.object_ids}
         return [self._item("track_started", value, config)]
 
@@ -591,8 +594,13 @@ class EventHandler:
 
     @staticmethod
     def _fps(tracker: Tracker, config: LabelConfig, task: Mapping[str, Any]) -> float:
-        """The decoded video's fps (what time_ms means), else the config's framerate."""
+        """The decoded video's nominal fps (max_duration_ms -> frames), else the config's framerate."""
         return tracker.session.fps if tracker.session.fps > 0 else config.fps(task["data"])
+
+    @staticmethod
+    def _frames(tracker: Tracker, config: LabelConfig, task: Mapping[str, Any]) -> FrameMap:
+        """The editor's frames (config framerate) against the video's timeline."""
+        return FrameMap.for_video(tracker.session.frames.timeline, config.fps(task["data"]))
 
     def _track_limit(self, context: Mapping[str, Any], fps: float) -> int:
         """Frames to track beyond the start frame per direction: max_duration_ms, else max_frames, capped."""

@@ -22,9 +22,10 @@ import numpy as np
 from sam2_model import ImagePredictor
 from sam2_model.video.predictor import VideoPredictor
 
+from .frametime import FrameMap, regions_frames_count
 from .labelconfig import LabelConfig
 from .media import MediaError, MediaFetcher, load_image, validate_image
-from .prompts import FramePrompt, PromptError, image_prompts, video_prompts
+from .prompts import FramePrompt, ObjectPrompts, PromptError, image_prompts, video_prompts
 from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
 from .sessions import SessionStore
 from .tracking import Tracker
@@ -44,11 +45,16 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0)))
 
 
-def _labels(config: LabelConfig, label: str | None) -> list[str] | None:
-    """The object's label, if the output control can carry it."""
-    if label is None or (config.output_labels and label not in config.output_labels):
-        return None
-    return [label]
+def _labels(config: LabelConfig, obj: ObjectPrompts) -> list[str] | None:
+    """All labels of the object's region (its first label when the region has none), those the output control
+    can carry."""
+    region = obj.region or {}
+    kind = "labels" if region.get("type") == "videorectangle" else region.get("type")
+    labels = (region.get("value") or {}).get(kind) if kind else None
+    labels = [x for x in labels if isinstance(x, str)] if isinstance(labels, list) else []
+    labels = labels or ([obj.label] if obj.label is not None else [])
+    labels = [x for x in labels if not config.output_labels or x in config.output_labels]
+    return labels or None
 
 
 def _mask_only(fp: FramePrompt | None) -> np.ndarray | None:
@@ -122,10 +128,8 @@ class TaskPredictor:
             tracker: Tracker = entry.value
             height, width = tracker.session.frame_size
             n = tracker.frame_count
-            if tracker.session.fps > 0 and abs(tracker.session.fps - fps) > 0.01 * fps:
-                logger.warning("task %s: the label config says %.3f fps, the video has %.3f fps; Label Studio's frame "
-                               "numbers follow the config", task.get("id"), fps, tracker.session.fps)
-            objects = video_prompts(regions, config, (width, height), n)
+            frames = FrameMap.for_video(tracker.session.frames.timeline, fps, regions_frames_count(regions))
+            objects = video_prompts(regions, config, (width, height), to_frame=frames.decoded)
             if not objects:
                 return []
             tracker.set_prompts(objects, self.max_frames)
@@ -140,10 +144,12 @@ class TaskPredictor:
                         boxes[obj_id][result.frame_idx] = box
                         scores[obj_id].append(_sigmoid(float(result.object_scores[i])))
         out = []
-        for o in objects:
+        for o in objects:  # editor frame f shows decoded frame frames.decoded_frames[f - 1]
+            count = max([frames.length] + [int(k["frame"]) for k in o.user_keyframes])  # past the end: clamped
             region = masklet_to_videorectangle(
-                boxes[o.key], region_id=o.key, from_name=config.output.name, to_name=config.object_name,
-                frame_size=(width, height), fps=fps, frames_count=n, labels=_labels(config, o.label),
+                boxes[o.key][frames.decoded_frames], region_id=o.key, from_name=config.output.name,
+                to_name=config.object_name, frame_size=(width, height), fps=fps, frames_count=count,
+                labels=_labels(config, o),
                 user_keyframes=o.user_keyframes, tolerance_px=self.box_tolerance_px,
                 score=float(np.mean(scores[o.key])) if scores[o.key] else None,
             )
@@ -176,7 +182,7 @@ class TaskPredictor:
             tracker.set_prompts(objects, self.max_frames)
             tracker.run(deadline)
             given = {(o.key, fp.frame): _mask_only(fp) for o in objects for fp in o.frames}
-            labels = {o.key: _labels(config, o.label) for o in objects}
+            labels = {o.key: _labels(config, o) for o in objects}
             out = []
             for result in tracker.results():
                 for i, obj_id in enumerate(result.obj_ids):
@@ -211,7 +217,7 @@ class TaskPredictor:
                 if mask is None:
                     mask, score = self._image_mask(predictor, fp)
                 if mask.any():
-                    out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o.label),
+                    out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o),
                                               score=score, parent_id=o.key))
         return out
 

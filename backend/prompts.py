@@ -11,7 +11,8 @@ drafts/annotations, so regions the user deleted, or other annotators' regions, d
 Video (`video_prompts`)
 -----------------------
 Each videorectangle region is one object (key = region id, label = value.labels[0]). Each of its
-keyframes with enabled true that is the user's own is a box prompt on frame `frame - 1` (also one
+keyframes with enabled true that is the user's own is a box prompt on the decoded frame the editor
+shows at `frame` (backend/frametime.py; frame - 1 for a constant-rate file at the config's rate) (also one
 whose enabled this backend set to false to end a span, see `results.CLOSED_KEY`); a keyframe the
 user disabled is not a prompt.
 Keyframes this backend computed earlier carry a fingerprint (`results.AUTO_KEY`) and are not
@@ -43,7 +44,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,11 +231,14 @@ def video_prompts(
     config: LabelConfig,
     frame_size: tuple[int, int],
     frames_count: int | None = None,
+    to_frame: Callable[[int, str], int] | None = None,
 ) -> list[ObjectPrompts]:
     """videorectangle regions -> one ObjectPrompts per region with at least one user box prompt.
 
     frame_size: (width, height) of the decoded video. frames_count: number of frames, to reject
-    keyframes past the end (None: not checked). Raises PromptError.
+    keyframes past the end (None: not checked). to_frame(editor frame, what): the 0-based decoded frame an
+    editor frame shows (frametime.FrameMap.decoded; it judges frames past the end); default frame - 1. When
+    several keyframes of a region show one decoded frame, the first is its prompt. Raises PromptError.
     """
     width, height = frame_size
     names = config.control_names("VideoRectangle")
@@ -254,14 +258,18 @@ def video_prompts(
             what = f"region {obj.key} keyframe {frame}"
             if isinstance(frame, float) and frame.is_integer():
                 frame = int(frame)
-            if not isinstance(frame, int) or frame < 1 or (frames_count is not None and frame > frames_count):
-                raise PromptError(f"{what}: frame must be in 1..{frames_count or 'framesCount'} (1-based)")
+            checked = frames_count if to_frame is None else None
+            if not isinstance(frame, int) or frame < 1 or (checked is not None and frame > checked):
+                raise PromptError(f"{what}: frame must be in 1..{checked or 'framesCount'} (1-based)")
+            enabled = is_user_enabled(item)
+            if enabled and any(k.get("frame") == frame and is_user_enabled(k) for k in obj.user_keyframes):
+                raise PromptError(f"{what}: two keyframes on one frame")
             obj.user_keyframes.append(dict(item))
-            if is_user_enabled(item):
-                fp = obj.at(frame - 1)
-                if fp.box is not None:
-                    raise PromptError(f"{what}: two keyframes on one frame")
-                fp.box = rect_to_box(item, width, height, what)
+            if enabled:
+                box = rect_to_box(item, width, height, what)
+                fp = obj.at(frame - 1 if to_frame is None else to_frame(frame, what))
+                if fp.box is None:
+                    fp.box = box
         if obj.is_prompted:
             objects.append(obj)
     return objects

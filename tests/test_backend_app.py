@@ -168,7 +168,8 @@ def test_batch_without_and_with_prompts(client, ls):
 
 
 @pytest.mark.parametrize("change, status, words", [
-    ({"frame": N_FRAMES + 5}, 422, ["frame must be in 1..20"]),
+    ({"frame": N_FRAMES + 40}, 422, ["frame 60 (2.360 s) is beyond the video", "20 frames at 25 fps"]),
+    ({"frame": 0}, 422, ["frame must be in 1..framesCount"]),
     ({"x": 150.0}, 422, ["zero area inside the 64x48 frame"]),
     ({"width": "wide"}, 400, ["params.context.result[0].value.sequence[0].width:", "valid number"]),
 ])

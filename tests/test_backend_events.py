@@ -361,9 +361,11 @@ IMAGE_XML = ('<View><Image name="image" value="$image"/><KeyPointLabels name="kp
     ("predict_click", {"event": 7}, 400, ['"params.context.event" must be str']),
     ("track_progress", {"session_id": None}, 400, ['missing field "params.context.session_id"']),
     ("track_cancel", {"session_id": ""}, 400, ['"params.context.session_id"']),
-    ("predict_click", {"time_ms": 5000.0}, 422, ["time_ms 5000 is beyond the video", "20 frames at 25 fps"]),
-    ("predict_click", {"time_ms": 840.0}, 422, ["beyond the video"]),
-    ("predict_click", {"time_ms": None, "frame": 25}, 422, ["frame 25 is outside the video (frames 1..20"]),
+    ("predict_click", {"time_ms": 5000.0}, 422, ["time_ms: 5 s is beyond the video: it ends at 0.800 s"]),
+    ("predict_click", {"time_ms": 1400.0}, 422, ["beyond the video"]),  # more than 0.5 s after the end
+    ("predict_click", {"time_ms": None, "frame": 40}, 422, ["frame 40 (1.560 s) is beyond the video",
+                                                            "20 frames at 25 fps"]),
+    ("predict_click", {"time_ms": None, "frame": 0}, 422, ["frame 0 is before the first frame"]),
     ("predict_click", {"time_ms": "soon"}, 400, ['"params.context.time_ms" must be a number']),
     ("predict_click", {"result": [{"type": "keypointlabels", "value": {"x": 150.0, "y": 10.0}}]}, 422,
      ["bad prompt", "outside the 64x48 frame"]),
@@ -387,8 +389,10 @@ def test_bad_events(client, name, context, status, words):
 
 
 def test_edge_answers(client):
-    # the frame after the last one (e.g. currentTime == duration) is the last frame
+    # the end (currentTime == duration), and editor frames just past it (a longer audio track), show the last frame
     assert post(client, event("predict_click", task_id=98, time_ms=800.0))["value"]["frame"] == N_FRAMES - 1
+    assert post(client, event("predict_click", task_id=98, time_ms=1000.0))["value"]["frame"] == N_FRAMES - 1
+    assert post(client, event("predict_click", task_id=98, time_ms=None, frame=25))["value"]["frame"] == N_FRAMES - 1
     # an unknown session answers the reference's "not found" shape
     value = post(client, event("track_progress", task_id=98, session_id="nope"))["value"]
     assert value == {"session_id": "nope", "frames": [], "error": "session not found", "done": True}

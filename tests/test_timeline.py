@@ -45,8 +45,8 @@ def test_start_time_not_zero(tmp_path):
 
 @pytest.mark.parametrize("rotation", [-90, 90, 180])
 def test_rotation_metadata(tmp_path, rotation):
-    """Frames come as a player shows them: turned by the display matrix (Chromium does the same: checked in
-    tests/e2e/test_browser_time.py)."""
+    """Frames come as a player shows them: turned by the display matrix (as Chromium applies it; not checked
+    in a browser by these tests)."""
     path = write_clip(tmp_path / "phone.mp4", range(12), Fraction(1, 30), size=(64, 96), rotation=rotation)
     with VideoFileSource(path) as src:
         assert src.frame_size == ((96, 64) if rotation % 180 else (64, 96))

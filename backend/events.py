@@ -1,6 +1,8 @@
 """The interactive event protocol of Label Studio's newer client, multiplexed over POST /predict.
 
-A /predict body whose `params.context.event` is set is an event; everything else stays the classic protocol.
+A /predict body whose `params.context.event` is set is an event; so is a context without `event` that carries
+`time_ms` or `frame` (the newest client's click sends none): it is a `predict` (`implied_event`). Everything
+else stays the classic protocol.
 Wire shapes follow HumanSignal/label-studio-ml-backend, label_studio_ml/examples/segment_anything_video_interactive
 (model.py at 11c00255830c, README.md at 5b32433bbfc0, frame_resolve.py at 1b4e48b732c1, mask_encoding.py
 at 5d60a79f0378). Every answer is `{"results": [{"result": [item], "model_version"}], "model_version"}` with one item
@@ -112,6 +114,17 @@ def _int_field(context: Mapping[str, Any], name: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BackendError(f'"params.context.{name}" must be an integer >= 0, got {value!r}')
     return value
+
+
+def implied_event(context: Mapping[str, Any] | None) -> str | None:
+    """The event a /predict context asks for: its `event`; else "predict" when it names a frame or a time (the
+    newest client's click carries `time_ms`/`frame` and no `event`); None for the classic protocol."""
+    if not context:
+        return None
+    event = context.get("event")
+    if event is None and ("time_ms" in context or "frame" in context):
+        return "predict"
+    return event
 
 
 def _direction(context: Mapping[str, Any]) -> str:

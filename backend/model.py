@@ -40,7 +40,7 @@ from sam2_model import SAM2, CheckpointError, ImagePredictor, load_model
 from sam2_model.video.predictor import VideoPredictor
 
 from .errors import BackendError, http_error
-from .events import EVENTS, EventHandler
+from .events import EVENTS, EventHandler, implied_event
 from .labelconfig import parse_label_config
 from .media import MediaFetcher
 from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions
@@ -212,10 +212,11 @@ class SAM2Backend:
         started: float | None = None,
     ) -> dict:
         """One prediction per task, in order. context None = batch (prompts from annotations/drafts); a context
-        with an "event" goes to the event protocol (events.py). Regions are checked first (regions.py)."""
+        with an "event" (or a click's time_ms/frame, events.implied_event) goes to the event protocol (events.py).
+        Regions are checked first (regions.py)."""
         started = self.clock() if started is None else started
         tasks, context = checked_request(tasks, context)
-        event = (context or {}).get("event")
+        event = implied_event(context)
         if event is not None:
             self.count(f"event_{event}" if event in EVENTS else "event_unknown")
             needs_config = event in EVENTS and event != "capabilities"

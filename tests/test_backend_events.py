@@ -173,6 +173,24 @@ def test_predict_click_and_box(client, backend):
         assert [o.key for o in tracker.objects] == ["0"]
 
 
+def test_click_without_event_is_a_predict(client, backend):
+    """The newest client's click carries time_ms/frame and no `event`: served as predict, not the classic
+    protocol's empty answer."""
+    body = event("predict_click", task_id=12, time_ms=402.0)
+    del body["params"]["context"]["event"]
+    click = post(client, body)
+    assert click is not None and click["type"] == "bitmask" and click["value"]["frame"] == 10
+    assert_sent_mask(click["value"]["imageDataURL"], backend, 12, 10, "0")
+    body = event("predict_click", task_id=12, time_ms=None, frame=4)
+    del body["params"]["context"]["event"]
+    assert post(client, body)["value"]["frame"] == 3
+    classic = event("predict_click", task_id=12)  # no event, no frame, no time: the classic protocol
+    for key in ("event", "frame", "time_ms"):
+        del classic["params"]["context"][key]
+    answer = client.post("/predict", json=classic)
+    assert answer.status_code == 200 and answer.get_json()["results"][0]["result"] == []
+
+
 def test_prewarm_embeds_frames(client, backend):
     ack = post(client, event("prewarm", task_id=3))
     assert ack["type"] == "prewarm_ack" and ack["value"]["status"] == "ok" and ack["value"]["frame_count"] == N_FRAMES

@@ -43,7 +43,7 @@ from .errors import BackendError, http_error
 from .events import EVENTS, EventHandler, implied_event
 from .labelconfig import parse_label_config
 from .media import MediaFetcher
-from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions
+from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions, named_regions
 from .preannotate.jobs import JobManager
 from .preannotate.ledger import LabelStudioLedger, prompt_regions, prompt_signature, stamp
 from .prompts import current_regions
@@ -230,7 +230,7 @@ class SAM2Backend:
         for i, task in enumerate(tasks):
             regions = current_regions(task, context)
             if interactive:
-                results.append(self.predictor.predict(task, config, regions, deadline))
+                results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context)))
             elif self.clock() >= deadline:
                 if has_prompt_regions(regions, config):
                     logger.info("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s queued for pre-annotation",

@@ -7,6 +7,9 @@
   object comes back as a brush (or bitmask) region on every frame where it is seen.
 - single image: SAM 2 image mode, one mask region per object.
 A mask the user gave as the only prompt of a frame comes back on that frame exactly as given.
+Interactive answers hold only the objects of the regions in context.result (`named`): the other regions of
+the task's draft may be stale copies of what the user sees, or deleted since. Every returned region is marked
+origin "prediction" (Label Studio then does not take it for the user's own drawing).
 Tracking work is bounded by `deadline` (see tracking.Tracker); what was not reached is left out.
 """
 from __future__ import annotations
@@ -57,6 +60,18 @@ def _labels(config: LabelConfig, obj: ObjectPrompts) -> list[str] | None:
     return labels or None
 
 
+def named_regions(context: Mapping[str, Any] | None) -> set[str] | None:
+    """Ids of the regions in an interactive context.result; None (every object) for batch requests and for
+    contexts whose regions carry no id."""
+    ids = {str(r["id"]) for r in (context or {}).get("result") or [] if isinstance(r, Mapping) and r.get("id")}
+    return ids if context is not None and ids else None
+
+
+def _wanted(objects: Sequence[ObjectPrompts], named: set[str] | None) -> list[ObjectPrompts]:
+    """The objects an answer returns: all, or those holding a prompt of a `named` region."""
+    return list(objects) if named is None else [o for o in objects if o.sources & named]
+
+
 def _mask_only(fp: FramePrompt | None) -> np.ndarray | None:
     """The user's mask when it is the frame's only prompt (it is then returned as given)."""
     if fp is not None and fp.mask is not None and not fp.points and fp.box is None:
@@ -99,12 +114,17 @@ class TaskPredictor:
         self.box_tolerance_px = box_tolerance_px
         self.model_version = model_version
 
-    def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float) -> dict:
-        """The prediction for `task` from `regions` (prompts); empty when they hold no prompt."""
+    def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float,
+                named: set[str] | None = None) -> dict:
+        """The prediction for `task` from `regions` (prompts); empty when they hold no prompt. named: return
+        only the objects of these region ids (interactive: `named_regions(context)`); None: all."""
         if not has_prompt_regions(regions, config):
             return prediction([], model_version=self.model_version)
         kind = {"video": self._video, "image_sequence": self._sequence, "image": self._image}[config.kind]
-        return prediction(kind(task, config, regions, deadline), model_version=self.model_version)
+        results = kind(task, config, regions, deadline, named)
+        for region in results:
+            region["origin"] = "prediction"
+        return prediction(results, model_version=self.model_version)
 
     # -- video --------------------------------------------------------------------------------------
 
@@ -122,7 +142,7 @@ class TaskPredictor:
 
         return self.store.use(self.video_key(task, config), open_video, Tracker.nbytes)
 
-    def _video(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _video(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
         fps = config.fps(task["data"])
         with self.video_session(task, config) as entry:
             tracker: Tracker = entry.value
@@ -144,7 +164,7 @@ class TaskPredictor:
                         boxes[obj_id][result.frame_idx] = box
                         scores[obj_id].append(_sigmoid(float(result.object_scores[i])))
         out = []
-        for o in objects:  # editor frame f shows decoded frame frames.decoded_frames[f - 1]
+        for o in _wanted(objects, named):  # editor frame f shows decoded frame frames.decoded_frames[f - 1]
             count = max([frames.length] + [int(k["frame"]) for k in o.user_keyframes])  # past the end: clamped
             region = masklet_to_videorectangle(
                 boxes[o.key][frames.decoded_frames], region_id=o.key, from_name=config.output.name,
@@ -159,7 +179,7 @@ class TaskPredictor:
 
     # -- image sequence -----------------------------------------------------------------------------
 
-    def _sequence(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _sequence(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
         refs = config.media(task["data"])
         paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
 
@@ -182,10 +202,12 @@ class TaskPredictor:
             tracker.set_prompts(objects, self.max_frames)
             tracker.run(deadline)
             given = {(o.key, fp.frame): _mask_only(fp) for o in objects for fp in o.frames}
-            labels = {o.key: _labels(config, o) for o in objects}
+            labels = {o.key: _labels(config, o) for o in _wanted(objects, named)}
             out = []
             for result in tracker.results():
                 for i, obj_id in enumerate(result.obj_ids):
+                    if obj_id not in labels:
+                        continue
                     mask = given.get((obj_id, result.frame_idx))
                     mask = result.masks[i] if mask is None else mask
                     if mask.any():
@@ -197,7 +219,7 @@ class TaskPredictor:
 
     # -- single image -------------------------------------------------------------------------------
 
-    def _image(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _image(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
         ref = config.media(task["data"])
         path = self.fetcher.fetch(ref, task.get("id"), validate_image, "image")
 
@@ -211,7 +233,7 @@ class TaskPredictor:
             predictor, width, height = entry.value.predictor, entry.value.width, entry.value.height
             objects = image_prompts(regions, config, [(width, height)])
             out = []
-            for o in objects:
+            for o in _wanted(objects, named):
                 fp = o.frames[0]
                 mask, score = _mask_only(fp), None
                 if mask is None:

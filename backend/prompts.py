@@ -87,6 +87,8 @@ class ObjectPrompts:
         whose value has framesCount, duration, labels, sequence).
     user_keyframes: video only, the user's own sequence items verbatim (enabled or not), to be
         passed back to `results.masklet_to_videorectangle`.
+    sources: ids of the regions whose prompts the object holds (an interactive answer returns the objects
+        of context.result's regions only).
     """
 
     key: str
@@ -94,6 +96,7 @@ class ObjectPrompts:
     frames: list[FramePrompt] = field(default_factory=list)
     region: dict | None = None
     user_keyframes: list[dict] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
 
     def at(self, frame: int) -> FramePrompt:
         """The FramePrompt of `frame`, created (in sorted place) if missing."""
@@ -250,7 +253,8 @@ def video_prompts(
             continue
         value = region.get("value") or {}
         labels = value.get("labels") or []
-        obj = ObjectPrompts(str(region.get("id")), labels[0] if labels else None, region=dict(region))
+        obj = ObjectPrompts(str(region.get("id")), labels[0] if labels else None, region=dict(region),
+                            sources={str(region.get("id"))})
         for item in value.get("sequence") or []:
             if is_computed_keyframe(item):
                 continue
@@ -346,6 +350,7 @@ def image_prompts(
             return None
         if key not in objects:
             objects[key] = ObjectPrompts(key, label, region=dict(region))
+        objects[key].sources.add(str(region.get("id")))
         return objects[key]
 
     for pos, region in enumerate(regions):

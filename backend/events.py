@@ -42,6 +42,9 @@ Decisions beyond the reference (which tracks one object per track, in a fresh st
   nearest prompted frame), resuming frames already tracked for the same prompts and range.
 - One running track per session: a new track or a prompt change cancels the running one (whose poller then
   gets done with cancelled true); at most `max_active_tracks` tracks run per process, more get track_busy.
+  Their forward passes share the device's gate (sam2_model/gate.py): tracks interleave frame by frame.
+- At most `wait_slots` track_progress polls wait at once (THREADS - 1 of the gunicorn worker); the others
+  answer at once with what is buffered, so polls never hold every request thread and /health is answered.
 - Tracks run in a background thread that holds the task's session for at most `track_slice_s` (or one frame)
   at a time, so other requests on the task interleave; tracking pauses while `track_buffer` frames are
   waiting for their poller and stops when nobody polled for `abandoned_s`; finished tracks keep undelivered
@@ -94,7 +97,7 @@ class EventLimits:
     progress_max_batch: int = 32  # frames per track_progress answer
     track_buffer: int = 128  # frames a track may run ahead of its poller
     track_slice_s: float = 0.25  # longest hold of the task's session by a tracking thread (at least one frame)
-    max_active_tracks: int = 2  # running tracks per process
+    max_active_tracks: int = 8  # running tracks per process
     abandoned_s: float = 120.0  # a running track nobody polled for this long is cancelled
     finished_ttl_s: float = 300.0  # undelivered frames of a finished track are kept this long
     cancel_join_s: float = 2.0  # track_cancel waits this long for the tracking thread to stop
@@ -326,15 +329,16 @@ class TrackJob:
                 self.cancelled = True
             self._cond.notify_all()
 
-    def drain(self) -> dict:
-        """Long poll: wait for frames (or the end), gather more for a moment, and return the progress value."""
+    def drain(self, wait: bool = True) -> dict:
+        """Long poll: wait for frames (or the end), gather more for a moment, and return the progress value.
+        wait False: return what is buffered now."""
         limits = self.limits
         with self._cond:
             self.last_poll = time.monotonic()
-            deadline = self.last_poll + limits.progress_wait_s
+            deadline = self.last_poll + (limits.progress_wait_s if wait else 0.0)
             while not self._buffer and not self.finished and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
-            until = time.monotonic() + limits.progress_batch_s
+            until = time.monotonic() + (limits.progress_batch_s if wait else 0.0)
             while (self._buffer and not self.finished and len(self._buffer) < limits.progress_max_batch
                    and (left := until - time.monotonic()) > 0):
                 self._cond.wait(left)
@@ -439,8 +443,11 @@ def _state(entry: Entry) -> TaskEvents:
 class EventHandler:
     """Answers the events of the module doc; video projects only (capabilities aside)."""
 
-    def __init__(self, predictor: TaskPredictor, max_frames: int, limits: EventLimits | None = None):
+    def __init__(self, predictor: TaskPredictor, max_frames: int, limits: EventLimits | None = None,
+                 wait_slots: int | None = None):
+        """wait_slots: track_progress polls that may wait at once (None: no bound)."""
         self.predictor = predictor
+        self._waiters = threading.BoundedSemaphore(wait_slots) if wait_slots is not None else None
         self.store = predictor.store
         self.max_frames = max_frames
         self.limits = limits or EventLimits()
@@ -574,7 +581,15 @@ class EventHandler:
         if job is None:
             value = {"session_id": context["session_id"], "frames": [], "error": "session not found", "done": True}
             return [self._item("track_progress", value, config)]
-        value = job.drain()
+        if self._waiters is None:
+            value = job.drain()
+        elif self._waiters.acquire(blocking=False):
+            try:
+                value = job.drain()
+            finally:
+                self._waiters.release()
+        else:
+            value = job.drain(wait=False)
         if value["done"]:
             with self._lock:
                 self._jobs.pop(job.id, None)

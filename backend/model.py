@@ -37,6 +37,7 @@ import torch
 
 from config.settings import Settings
 from sam2_model import SAM2, CheckpointError, ImagePredictor, load_model
+from sam2_model.gate import configure_threads
 from sam2_model.video.predictor import VideoPredictor
 
 from .errors import BackendError, http_error
@@ -118,6 +119,7 @@ class LazyModel:
             self.error = f"cannot load SAM2_CHECKPOINT={path!r} (SAM2_MODEL={self.settings.sam2_model!r}): {exc}"
             raise BackendError(self.error, 503) from exc
         logger.info("loaded %s on %s in %.1f s", path, device, time.monotonic() - started)
+        configure_threads(self.settings.workers)
         self.error = None
         return model
 
@@ -143,7 +145,8 @@ class SAM2Backend:
                                     (settings.max_video_frames, settings.max_video_pixels))
         self.predictor = TaskPredictor(self._video_predictor, self._image_predictor, self.fetcher, self.store,
                                        settings.max_propagation_frames, settings.box_tolerance_px, self.model_version)
-        self.events = EventHandler(self.predictor, settings.max_propagation_frames)
+        self.events = EventHandler(self.predictor, settings.max_propagation_frames,
+                                   wait_slots=max(0, settings.threads - 1))
         self._setups: dict[str, dict] = {}  # project id -> latest /setup body
         self._video: VideoPredictor | None = None
         self._lock = threading.Lock()

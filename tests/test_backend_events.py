@@ -249,6 +249,27 @@ def test_track_one_direction(client, backend, context, frames):
     assert order == sorted(order, reverse=context["direction"] == "backward")
 
 
+def test_polls_beyond_the_wait_slots_do_not_wait(client, backend, monkeypatch):
+    """THREADS - 1 polls may wait (long poll); with every slot taken a poll answers with what is buffered, so
+    polls never hold all request threads."""
+    from backend import events
+    waits = []
+    original = events.TrackJob.drain
+    monkeypatch.setattr(events.TrackJob, "drain", lambda job, wait=True: waits.append(wait) or original(job, wait))
+    assert backend.settings.threads == 4 and backend.events._waiters._initial_value == 3
+    post(client, event("predict_box", task_id=43, time_ms=200.0))
+    value = post(client, event("track", task_id=43, direction="forward", max_frames=3, time_ms=200.0))["value"]
+    taken = [backend.events._waiters.acquire(blocking=False) for _ in range(3)]
+    try:
+        assert all(taken) and not backend.events._waiters.acquire(blocking=False)
+        post(client, event("track_progress", task_id=43, session_id=value["session_id"]))
+    finally:
+        for _ in taken:
+            backend.events._waiters.release()
+    entries, last = poll(client, 43, value["session_id"])
+    assert waits[0] is False and all(waits[1:]) and last["done"]
+
+
 def test_track_with_its_own_prompts(client, backend):
     click = event("predict_click")["params"]["context"]["result"]  # the reference client sends the prompts along
     value = post(client, event("track", task_id=42, result=click, time_ms=282.0, direction="forward",

@@ -8,8 +8,12 @@ FF_VIDEO_FRAME_SEEK_PRECISION, which 1.23.2's feature_flags.json turns on):
 - the frame shown at currentTime t is clamp(ceil(t * F), 1, length);
 - seeking to frame f sets currentTime = round(((clamp(f, 1, length) - 1) / F) / 2 ms) * 2 ms + 2 ms.
 The browser then shows the decoded frame whose presentation interval holds currentTime (times are the stream's
-own: a clip stamped from 1.0 s starts at 1.0 s, and earlier times show its first frame, as Chromium's FFmpeg
-demuxer keeps positive start times; not yet checked in a browser by this project's tests). So editor frame f is decoded frame timeline.frame_at(seek_time(f)), whatever
+own: a clip stamped from 1.0 s starts at 1.0 s; Chromium keeps currentTime at or after it, so the editor's
+frames before it show the first frame and a seek there lands on the frame of the start time). Checked in
+Chromium by tests/e2e/test_browser_time.py: after a seek to frame f the <video> shows decoded frame
+FrameMap.decoded(f) and the editor draws that frame's box, for a 30 fps file under the default 24, a variable
+frame rate and a 1.0 s start (whose browser duration is one frame short of the timeline's end, so the
+editor's length comes from a region's framesCount when there is one). So editor frame f is decoded frame timeline.frame_at(seek_time(f)), whatever
 the file's real, possibly variable, frame rate. Several editor frames can show one decoded frame (F above the
 file's rate) and a decoded frame can have no editor frame (F below it).
 

@@ -13,8 +13,8 @@ frames before it show the first frame and a seek there lands on the frame of the
 Chromium by tests/e2e/test_browser_time.py: after a seek to frame f the <video> shows decoded frame
 FrameMap.decoded(f) and the editor draws that frame's box, for a 30 fps file under the default 24, a variable
 frame rate and a 1.0 s start (whose browser duration is one frame short of the timeline's end, so the
-editor's length comes from a region's framesCount when there is one). So editor frame f is decoded frame timeline.frame_at(seek_time(f)), whatever
-the file's real, possibly variable, frame rate. Several editor frames can show one decoded frame (F above the
+editor's length comes from a region's framesCount when there is one). So editor frame f is decoded frame
+timeline.frame_at(seek_time(f)), whatever the file's real, possibly variable, frame rate. Several editor frames can show one decoded frame (F above the
 file's rate) and a decoded frame can have no editor frame (F below it).
 
 Bad input (documented choices): a framerate that is negative or not finite makes the editor itself compute

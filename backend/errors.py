@@ -9,6 +9,7 @@ from __future__ import annotations
 from sam2_model.video.frames import VideoReadError
 from sam2_model.video.session import SessionError
 
+from .frametime import FrameTimeError
 from .labelconfig import LabelConfigError
 from .media import MediaError
 from .prompts import PromptError
@@ -28,7 +29,7 @@ def http_error(exc: BaseException) -> tuple[int, str] | None:
         return exc.status, str(exc)
     if isinstance(exc, LabelConfigError):
         return 422, f"unsupported label config: {exc}"
-    if isinstance(exc, (PromptError, SessionError)):
+    if isinstance(exc, (PromptError, SessionError, FrameTimeError)):
         return 422, f"bad prompt: {exc}"
     if isinstance(exc, VideoReadError):
         return 422, f"media not decodable: {exc}"

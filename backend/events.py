@@ -1,6 +1,8 @@
 """The interactive event protocol of Label Studio's newer client, multiplexed over POST /predict.
 
-A /predict body whose `params.context.event` is set is an event; everything else stays the classic protocol.
+A /predict body whose `params.context.event` is set is an event; so is a context without `event` that carries
+`time_ms` or `frame` (the newest client's click sends none): it is a `predict` (`implied_event`). Everything
+else stays the classic protocol.
 Wire shapes follow HumanSignal/label-studio-ml-backend, label_studio_ml/examples/segment_anything_video_interactive
 (model.py at 11c00255830c, README.md at 5b32433bbfc0, frame_resolve.py at 1b4e48b732c1, mask_encoding.py
 at 5d60a79f0378). Every answer is `{"results": [{"result": [item], "model_version"}], "model_version"}` with one item
@@ -19,9 +21,10 @@ event (context besides `event`) -> item type: value
 - track_cancel (session_id) -> track_cancel_ack: {status: cancelled | not_found, session_id}
 - release -> release_ack: {status: released, released}
 
-- Frames: `time_ms` wins over the 1-based `frame` (default 1); frame = floor(time_ms / 1000 * fps + 1e-6) with
-  the decoded video's fps (the 1e-6 frame only absorbs float error, so our own `time_ms` maps back exactly); a
-  time in the frame after the last one is the last frame, later times are a 422.
+- Frames: `time_ms` wins over the 1-based `frame` (default 1). A time is the video's own clock (the browser's
+  currentTime) and names the decoded frame shown then; `frame` is the editor's frame at the config's framerate
+  (backend/frametime.py). Answers carry 0-based decoded frames and the time each starts showing, which maps
+  back to the same frame. Times or frames more than half a second past the end are a 422.
 - Prompts (`context.result`): keypointlabels {x, y, positive | is_positive} and at most one rectanglelabels
   {x, y, width, height, rotation} per object and frame, percent of the frame; other items are ignored.
 - Masks: 8-bit gray PNG data URLs, 255 on the object (as the reference backend sends them).
@@ -39,6 +42,9 @@ Decisions beyond the reference (which tracks one object per track, in a fresh st
   nearest prompted frame), resuming frames already tracked for the same prompts and range.
 - One running track per session: a new track or a prompt change cancels the running one (whose poller then
   gets done with cancelled true); at most `max_active_tracks` tracks run per process, more get track_busy.
+  Their forward passes share the device's gate (sam2_model/gate.py): tracks interleave frame by frame.
+- At most `wait_slots` track_progress polls wait at once (THREADS - 1 of the gunicorn worker); the others
+  answer at once with what is buffered, so polls never hold every request thread and /health is answered.
 - Tracks run in a background thread that holds the task's session for at most `track_slice_s` (or one frame)
   at a time, so other requests on the task interleave; tracking pauses while `track_buffer` frames are
   waiting for their poller and stops when nobody polled for `abandoned_s`; finished tracks keep undelivered
@@ -65,6 +71,7 @@ from typing import Any
 from sam2_model.video.session import FrameResult, SessionError, VideoSession
 
 from .errors import BackendError
+from .frametime import FrameMap, FrameTimeError
 from .labelconfig import LabelConfig
 from .predict import TaskPredictor
 from .prompts import FramePrompt, ObjectPrompts, PromptError, _is_positive, point_to_px, rect_to_box
@@ -77,7 +84,6 @@ logger = logging.getLogger(__name__)
 EVENTS = ("capabilities", "prewarm", "predict", "track", "track_progress", "track_cancel", "release")
 DIRECTIONS = ("forward", "backward", "both")
 DEFAULT_OBJECT = "0"
-TIME_EPSILON = 1e-6  # frames
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,7 @@ class EventLimits:
     progress_max_batch: int = 32  # frames per track_progress answer
     track_buffer: int = 128  # frames a track may run ahead of its poller
     track_slice_s: float = 0.25  # longest hold of the task's session by a tracking thread (at least one frame)
-    max_active_tracks: int = 2  # running tracks per process
+    max_active_tracks: int = 8  # running tracks per process
     abandoned_s: float = 120.0  # a running track nobody polled for this long is cancelled
     finished_ttl_s: float = 300.0  # undelivered frames of a finished track are kept this long
     cancel_join_s: float = 2.0  # track_cancel waits this long for the tracking thread to stop
@@ -113,6 +119,17 @@ def _int_field(context: Mapping[str, Any], name: str, default: int) -> int:
     return value
 
 
+def implied_event(context: Mapping[str, Any] | None) -> str | None:
+    """The event a /predict context asks for: its `event`; else "predict" when it names a frame or a time (the
+    newest client's click carries `time_ms`/`frame` and no `event`); None for the classic protocol."""
+    if not context:
+        return None
+    event = context.get("event")
+    if event is None and ("time_ms" in context or "frame" in context):
+        return "predict"
+    return event
+
+
 def _direction(context: Mapping[str, Any]) -> str:
     direction = context.get("direction", "forward")
     if direction not in DIRECTIONS:
@@ -120,27 +137,26 @@ def _direction(context: Mapping[str, Any]) -> str:
     return direction
 
 
-def frame_index(context: Mapping[str, Any], frame_count: int, fps: float) -> int:
-    """0-based frame of an event: from `time_ms` (preferred) with the video's fps, else the 1-based `frame`."""
+def frame_index(context: Mapping[str, Any], frames: FrameMap) -> int:
+    """0-based decoded frame of an event: the one the browser shows at `time_ms` (preferred; the video's own
+    clock, as currentTime), else at the editor's 1-based `frame` (default 1); see frametime.py."""
     time_ms = context.get("time_ms")
-    if time_ms is not None and fps > 0:
+    if time_ms is not None:
         if not _is_number(time_ms) or time_ms < 0:
             raise BackendError(f'"params.context.time_ms" must be a number >= 0, got {time_ms!r}')
-        index = math.floor(time_ms / 1000 * fps + TIME_EPSILON)
-        if index == frame_count:  # within the frame after the last one, e.g. currentTime == duration
-            index -= 1
-        if index >= frame_count:
-            raise BackendError(f"time_ms {time_ms:g} is beyond the video: {frame_count} frames at {fps:g} fps end "
-                               f"at {frame_count * 1000 / fps:.0f} ms", 422)
-        return index
+        try:
+            return frames.decoded_at(time_ms / 1000, "params.context.time_ms")
+        except FrameTimeError as exc:
+            raise BackendError(str(exc), 422) from None
     frame = context.get("frame", 1)
     if isinstance(frame, float) and frame.is_integer():
         frame = int(frame)
     if isinstance(frame, bool) or not isinstance(frame, int):
         raise BackendError(f'"params.context.frame" must be an integer (1-based), got {frame!r}')
-    if not 1 <= frame <= frame_count:
-        raise BackendError(f"frame {frame} is outside the video (frames 1..{frame_count}, 1-based)", 422)
-    return frame - 1
+    try:
+        return frames.decoded(frame, "params.context.frame")
+    except FrameTimeError as exc:
+        raise BackendError(str(exc), 422) from None
 
 
 def frame_prompt(context: Mapping[str, Any], frame: int, frame_size: tuple[int, int]) -> FramePrompt | None:
@@ -209,12 +225,13 @@ def window_frames(frame: int, window: int, direction: str, frame_count: int) -> 
     return order
 
 
-def png_entries(result: FrameResult, keys: Iterable[str], fps: float) -> list[dict]:
-    """track_progress frame entries of one frame: one per object of `keys` whose mask there is not empty."""
+def png_entries(result: FrameResult, keys: Iterable[str], starts: Sequence[float]) -> list[dict]:
+    """track_progress frame entries of one frame: one per object of `keys` whose mask there is not empty.
+    starts: when each decoded frame starts showing (seconds; the timeline's starts)."""
     wanted = set(keys)
     height, width = result.masks.shape[1:] if len(result.masks) else (0, 0)
     return [
-        {"frame": result.frame_idx, "time_ms": result.frame_idx * 1000.0 / fps,
+        {"frame": result.frame_idx, "time_ms": float(starts[result.frame_idx]) * 1000.0,
          "imageDataURL": mask_to_png_data_url(mask, grayscale=True), "width": int(width), "height": int(height),
          "object_id": obj_id}
         for obj_id, mask in zip(result.obj_ids, result.masks) if obj_id in wanted and mask.any()
@@ -285,11 +302,11 @@ class TrackJob:
     a bounded buffer (of frames; each frame holds the non-empty masks of its objects) for track_progress."""
 
     def __init__(self, store: SessionStore, key: Hashable, progress: Progress, object_ids: Sequence[str],
-                 fps: float, limits: EventLimits):
+                 starts: Sequence[float], limits: EventLimits):
         self.id = uuid.uuid4().hex[:12]
         self.store, self.key, self.progress = store, key, progress
         self.object_ids = list(object_ids)
-        self.fps = fps
+        self.starts = starts
         self.limits = limits
         self.total = _total(progress)
         self.produced = 0
@@ -312,15 +329,16 @@ class TrackJob:
                 self.cancelled = True
             self._cond.notify_all()
 
-    def drain(self) -> dict:
-        """Long poll: wait for frames (or the end), gather more for a moment, and return the progress value."""
+    def drain(self, wait: bool = True) -> dict:
+        """Long poll: wait for frames (or the end), gather more for a moment, and return the progress value.
+        wait False: return what is buffered now."""
         limits = self.limits
         with self._cond:
             self.last_poll = time.monotonic()
-            deadline = self.last_poll + limits.progress_wait_s
+            deadline = self.last_poll + (limits.progress_wait_s if wait else 0.0)
             while not self._buffer and not self.finished and (left := deadline - time.monotonic()) > 0:
                 self._cond.wait(left)
-            until = time.monotonic() + limits.progress_batch_s
+            until = time.monotonic() + (limits.progress_batch_s if wait else 0.0)
             while (self._buffer and not self.finished and len(self._buffer) < limits.progress_max_batch
                    and (left := until - time.monotonic()) > 0):
                 self._cond.wait(left)
@@ -372,7 +390,7 @@ class TrackJob:
                 complete = p.done and forward == p.fwd_next and (backward == p.bwd_next or not p.bwd_started)
                 contended = entry.users > 1
             sent.update(new)
-            self._push([png_entries(r, self.object_ids, self.fps) for r in results])
+            self._push([png_entries(r, self.object_ids, self.starts) for r in results])
             if complete:
                 return
             if contended:
@@ -425,8 +443,11 @@ def _state(entry: Entry) -> TaskEvents:
 class EventHandler:
     """Answers the events of the module doc; video projects only (capabilities aside)."""
 
-    def __init__(self, predictor: TaskPredictor, max_frames: int, limits: EventLimits | None = None):
+    def __init__(self, predictor: TaskPredictor, max_frames: int, limits: EventLimits | None = None,
+                 wait_slots: int | None = None):
+        """wait_slots: track_progress polls that may wait at once (None: no bound)."""
         self.predictor = predictor
+        self._waiters = threading.BoundedSemaphore(wait_slots) if wait_slots is not None else None
         self.store = predictor.store
         self.max_frames = max_frames
         self.limits = limits or EventLimits()
@@ -485,7 +506,7 @@ class EventHandler:
         direction = _direction(context)
         with self.predictor.video_session(task, config) as entry:
             tracker: Tracker = entry.value
-            frame = frame_index(context, tracker.frame_count, self._fps(tracker, config, task))
+            frame = frame_index(context, self._frames(tracker, config, task))
             frames = window_frames(frame, window, direction, tracker.frame_count)
             pending = [f for f in frames if f not in tracker.session.features]
             state = _state(entry)
@@ -501,8 +522,8 @@ class EventHandler:
         with self.predictor.video_session(task, config) as entry:
             tracker: Tracker = entry.value
             state = _state(entry)
-            fps = self._fps(tracker, config, task)
-            frame = frame_index(context, tracker.frame_count, fps)
+            timeline = tracker.session.frames.timeline
+            frame = frame_index(context, self._frames(tracker, config, task))
             fp = frame_prompt(context, frame, tracker.session.frame_size)
             objects = with_prompt(state.objects, key, frame, fp, keep_other_frames=explicit)
             if signature(objects.values()) != tracker.prompts:
@@ -515,7 +536,7 @@ class EventHandler:
             mask = result.masks[result.obj_ids.index(key)]
         height, width = mask.shape
         value = {"imageDataURL": mask_to_png_data_url(mask, grayscale=True), "width": width, "height": height,
-                 "object_id": key, "frame": frame, "time_ms": frame * 1000.0 / fps}
+                 "object_id": key, "frame": frame, "time_ms": float(timeline.starts[frame]) * 1000.0}
         return [self._item("bitmask", value, config)]
 
     def _track(self, task, config: LabelConfig, context) -> list[dict]:
@@ -532,7 +553,8 @@ class EventHandler:
             tracker: Tracker = entry.value
             state = _state(entry)
             fps = self._fps(tracker, config, task)
-            frame = frame_index(context, tracker.frame_count, fps)
+            timeline = tracker.session.frames.timeline
+            frame = frame_index(context, self._frames(tracker, config, task))
             limit = self._track_limit(context, fps)
             objects = state.objects
             fp = frame_prompt(context, frame, tracker.session.frame_size)
@@ -544,12 +566,13 @@ class EventHandler:
             self._cancel(state, "a new track")
             tracker.set_prompts(list(objects.values()), limit, start=frame, direction=direction)
             state.objects = objects
-            job = state.job = TrackJob(self.store, video_key, tracker.progress, list(objects), fps, self.limits)
+            job = state.job = TrackJob(self.store, video_key, tracker.progress, list(objects), timeline.starts,
+                                       self.limits)
             with self._lock:
                 self._jobs[job.id] = job
             job.thread.start()
         value = {"session_id": job.id, "total_frames": job.total, "fps": fps,
-                 "duration_ms": tracker.frame_count * 1000.0 / fps, "start_frame": job.progress.start,
+                 "duration_ms": timeline.end * 1000.0, "start_frame": job.progress.start,
                  "direction": direction, "object_ids": job.object_ids}
         return [self._item("track_started", value, config)]
 
@@ -558,7 +581,15 @@ class EventHandler:
         if job is None:
             value = {"session_id": context["session_id"], "frames": [], "error": "session not found", "done": True}
             return [self._item("track_progress", value, config)]
-        value = job.drain()
+        if self._waiters is None:
+            value = job.drain()
+        elif self._waiters.acquire(blocking=False):
+            try:
+                value = job.drain()
+            finally:
+                self._waiters.release()
+        else:
+            value = job.drain(wait=False)
         if value["done"]:
             with self._lock:
                 self._jobs.pop(job.id, None)
@@ -591,8 +622,13 @@ class EventHandler:
 
     @staticmethod
     def _fps(tracker: Tracker, config: LabelConfig, task: Mapping[str, Any]) -> float:
-        """The decoded video's fps (what time_ms means), else the config's framerate."""
+        """The decoded video's nominal fps (max_duration_ms -> frames), else the config's framerate."""
         return tracker.session.fps if tracker.session.fps > 0 else config.fps(task["data"])
+
+    @staticmethod
+    def _frames(tracker: Tracker, config: LabelConfig, task: Mapping[str, Any]) -> FrameMap:
+        """The editor's frames (config framerate) against the video's timeline."""
+        return FrameMap.for_video(tracker.session.frames.timeline, config.fps(task["data"]))
 
     def _track_limit(self, context: Mapping[str, Any], fps: float) -> int:
         """Frames to track beyond the start frame per direction: max_duration_ms, else max_frames, capped."""

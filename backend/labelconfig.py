@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from .frametime import FrameTimeError, editor_framerate
+
 Kind = Literal["video", "image_sequence", "image"]
 
 #: Control tags the backend reads or writes, by Label Studio tag name.
@@ -23,7 +25,6 @@ SUPPORTED_CONTROLS = (
     "Labels",
 )
 MASK_OUTPUTS = ("BitmaskLabels", "BrushLabels")  # preference order
-DEFAULT_VIDEO_FPS = 24.0  # Label Studio's <Video framerate> default
 
 SUPPORTED_CONFIGS = (
     "Supported label configs: "
@@ -81,24 +82,14 @@ class LabelConfig:
         return {c.name for t in types for c in self.controls.get(t, ())}
 
     def fps(self, task_data: Mapping[str, Any] | None = None) -> float:
-        """Video frame rate: the framerate attribute, resolved in the task data if it is "$key"."""
+        """The frame rate Label Studio's editor numbers this video's frames with (frametime.editor_framerate:
+        the framerate attribute, "$key" from the task data; 24 when absent, 0 or not a number; 1/F below 1)."""
         if self.kind != "video":
             raise LabelConfigError("fps is only defined for video configs")
-        raw = self.framerate
-        if raw is None or raw == "":
-            return DEFAULT_VIDEO_FPS
-        if raw.startswith("$"):
-            key = raw[1:]
-            if not task_data or key not in task_data:
-                raise LabelConfigError(f'<Video framerate="{raw}"> but the task data has no "{key}"')
-            raw = str(task_data[key])
         try:
-            fps = float(raw)
-        except ValueError:
-            raise LabelConfigError(f"<Video> framerate {raw!r} is not a number") from None
-        if not fps > 0:
-            raise LabelConfigError(f"<Video> framerate must be positive, got {fps}")
-        return fps
+            return editor_framerate(self.framerate, task_data)
+        except FrameTimeError as exc:
+            raise LabelConfigError(str(exc)) from None
 
     def media(self, task_data: Mapping[str, Any]) -> str | list[str]:
         """The media reference in a task's data: a URL, or a list of URLs for an image sequence."""

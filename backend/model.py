@@ -37,13 +37,14 @@ import torch
 
 from config.settings import Settings
 from sam2_model import SAM2, CheckpointError, ImagePredictor, load_model
+from sam2_model.gate import configure_threads
 from sam2_model.video.predictor import VideoPredictor
 
 from .errors import BackendError, http_error
-from .events import EVENTS, EventHandler
+from .events import EVENTS, EventHandler, implied_event
 from .labelconfig import parse_label_config
 from .media import MediaFetcher
-from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions
+from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions, named_regions
 from .preannotate.jobs import JobManager
 from .preannotate.ledger import LabelStudioLedger, prompt_regions, prompt_signature, stamp
 from .prompts import current_regions
@@ -118,6 +119,7 @@ class LazyModel:
             self.error = f"cannot load SAM2_CHECKPOINT={path!r} (SAM2_MODEL={self.settings.sam2_model!r}): {exc}"
             raise BackendError(self.error, 503) from exc
         logger.info("loaded %s on %s in %.1f s", path, device, time.monotonic() - started)
+        configure_threads(self.settings.workers)
         self.error = None
         return model
 
@@ -143,7 +145,8 @@ class SAM2Backend:
                                     (settings.max_video_frames, settings.max_video_pixels))
         self.predictor = TaskPredictor(self._video_predictor, self._image_predictor, self.fetcher, self.store,
                                        settings.max_propagation_frames, settings.box_tolerance_px, self.model_version)
-        self.events = EventHandler(self.predictor, settings.max_propagation_frames)
+        self.events = EventHandler(self.predictor, settings.max_propagation_frames,
+                                   wait_slots=max(0, settings.threads - 1))
         self._setups: dict[str, dict] = {}  # project id -> latest /setup body
         self._video: VideoPredictor | None = None
         self._lock = threading.Lock()
@@ -212,10 +215,11 @@ class SAM2Backend:
         started: float | None = None,
     ) -> dict:
         """One prediction per task, in order. context None = batch (prompts from annotations/drafts); a context
-        with an "event" goes to the event protocol (events.py). Regions are checked first (regions.py)."""
+        with an "event" (or a click's time_ms/frame, events.implied_event) goes to the event protocol (events.py).
+        Regions are checked first (regions.py)."""
         started = self.clock() if started is None else started
         tasks, context = checked_request(tasks, context)
-        event = (context or {}).get("event")
+        event = implied_event(context)
         if event is not None:
             self.count(f"event_{event}" if event in EVENTS else "event_unknown")
             needs_config = event in EVENTS and event != "capabilities"
@@ -229,7 +233,7 @@ class SAM2Backend:
         for i, task in enumerate(tasks):
             regions = current_regions(task, context)
             if interactive:
-                results.append(self.predictor.predict(task, config, regions, deadline))
+                results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context)))
             elif self.clock() >= deadline:
                 if has_prompt_regions(regions, config):
                     logger.info("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s queued for pre-annotation",

@@ -7,6 +7,9 @@
   object comes back as a brush (or bitmask) region on every frame where it is seen.
 - single image: SAM 2 image mode, one mask region per object.
 A mask the user gave as the only prompt of a frame comes back on that frame exactly as given.
+Interactive answers hold only the objects of the regions in context.result (`named`): the other regions of
+the task's draft may be stale copies of what the user sees, or deleted since. Every returned region is marked
+origin "prediction" (Label Studio then does not take it for the user's own drawing).
 Tracking work is bounded by `deadline` (see tracking.Tracker); what was not reached is left out.
 """
 from __future__ import annotations
@@ -22,9 +25,10 @@ import numpy as np
 from sam2_model import ImagePredictor
 from sam2_model.video.predictor import VideoPredictor
 
+from .frametime import FrameMap, regions_frames_count
 from .labelconfig import LabelConfig
 from .media import MediaError, MediaFetcher, load_image, validate_image
-from .prompts import FramePrompt, PromptError, image_prompts, video_prompts
+from .prompts import FramePrompt, ObjectPrompts, PromptError, image_prompts, video_prompts
 from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
 from .sessions import SessionStore
 from .tracking import Tracker
@@ -44,11 +48,28 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(x, 60.0), -60.0)))
 
 
-def _labels(config: LabelConfig, label: str | None) -> list[str] | None:
-    """The object's label, if the output control can carry it."""
-    if label is None or (config.output_labels and label not in config.output_labels):
-        return None
-    return [label]
+def _labels(config: LabelConfig, obj: ObjectPrompts) -> list[str] | None:
+    """All labels of the object's region (its first label when the region has none), those the output control
+    can carry."""
+    region = obj.region or {}
+    kind = "labels" if region.get("type") == "videorectangle" else region.get("type")
+    labels = (region.get("value") or {}).get(kind) if kind else None
+    labels = [x for x in labels if isinstance(x, str)] if isinstance(labels, list) else []
+    labels = labels or ([obj.label] if obj.label is not None else [])
+    labels = [x for x in labels if not config.output_labels or x in config.output_labels]
+    return labels or None
+
+
+def named_regions(context: Mapping[str, Any] | None) -> set[str] | None:
+    """Ids of the regions in an interactive context.result; None (every object) for batch requests and for
+    contexts whose regions carry no id."""
+    ids = {str(r["id"]) for r in (context or {}).get("result") or [] if isinstance(r, Mapping) and r.get("id")}
+    return ids if context is not None and ids else None
+
+
+def _wanted(objects: Sequence[ObjectPrompts], named: set[str] | None) -> list[ObjectPrompts]:
+    """The objects an answer returns: all, or those holding a prompt of a `named` region."""
+    return list(objects) if named is None else [o for o in objects if o.sources & named]
 
 
 def _mask_only(fp: FramePrompt | None) -> np.ndarray | None:
@@ -93,12 +114,17 @@ class TaskPredictor:
         self.box_tolerance_px = box_tolerance_px
         self.model_version = model_version
 
-    def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float) -> dict:
-        """The prediction for `task` from `regions` (prompts); empty when they hold no prompt."""
+    def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float,
+                named: set[str] | None = None) -> dict:
+        """The prediction for `task` from `regions` (prompts); empty when they hold no prompt. named: return
+        only the objects of these region ids (interactive: `named_regions(context)`); None: all."""
         if not has_prompt_regions(regions, config):
             return prediction([], model_version=self.model_version)
         kind = {"video": self._video, "image_sequence": self._sequence, "image": self._image}[config.kind]
-        return prediction(kind(task, config, regions, deadline), model_version=self.model_version)
+        results = kind(task, config, regions, deadline, named)
+        for region in results:
+            region["origin"] = "prediction"
+        return prediction(results, model_version=self.model_version)
 
     # -- video --------------------------------------------------------------------------------------
 
@@ -116,16 +142,14 @@ class TaskPredictor:
 
         return self.store.use(self.video_key(task, config), open_video, Tracker.nbytes)
 
-    def _video(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _video(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
         fps = config.fps(task["data"])
         with self.video_session(task, config) as entry:
             tracker: Tracker = entry.value
             height, width = tracker.session.frame_size
             n = tracker.frame_count
-            if tracker.session.fps > 0 and abs(tracker.session.fps - fps) > 0.01 * fps:
-                logger.warning("task %s: the label config says %.3f fps, the video has %.3f fps; Label Studio's frame "
-                               "numbers follow the config", task.get("id"), fps, tracker.session.fps)
-            objects = video_prompts(regions, config, (width, height), n)
+            frames = FrameMap.for_video(tracker.session.frames.timeline, fps, regions_frames_count(regions))
+            objects = video_prompts(regions, config, (width, height), to_frame=frames.decoded)
             if not objects:
                 return []
             tracker.set_prompts(objects, self.max_frames)
@@ -140,10 +164,12 @@ class TaskPredictor:
                         boxes[obj_id][result.frame_idx] = box
                         scores[obj_id].append(_sigmoid(float(result.object_scores[i])))
         out = []
-        for o in objects:
+        for o in _wanted(objects, named):  # editor frame f shows decoded frame frames.decoded_frames[f - 1]
+            count = max([frames.length] + [int(k["frame"]) for k in o.user_keyframes])  # past the end: clamped
             region = masklet_to_videorectangle(
-                boxes[o.key], region_id=o.key, from_name=config.output.name, to_name=config.object_name,
-                frame_size=(width, height), fps=fps, frames_count=n, labels=_labels(config, o.label),
+                boxes[o.key][frames.decoded_frames], region_id=o.key, from_name=config.output.name,
+                to_name=config.object_name, frame_size=(width, height), fps=fps, frames_count=count,
+                labels=_labels(config, o),
                 user_keyframes=o.user_keyframes, tolerance_px=self.box_tolerance_px,
                 score=float(np.mean(scores[o.key])) if scores[o.key] else None,
             )
@@ -153,7 +179,7 @@ class TaskPredictor:
 
     # -- image sequence -----------------------------------------------------------------------------
 
-    def _sequence(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _sequence(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
         refs = config.media(task["data"])
         paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
 
@@ -176,10 +202,12 @@ class TaskPredictor:
             tracker.set_prompts(objects, self.max_frames)
             tracker.run(deadline)
             given = {(o.key, fp.frame): _mask_only(fp) for o in objects for fp in o.frames}
-            labels = {o.key: _labels(config, o.label) for o in objects}
+            labels = {o.key: _labels(config, o) for o in _wanted(objects, named)}
             out = []
             for result in tracker.results():
                 for i, obj_id in enumerate(result.obj_ids):
+                    if obj_id not in labels:
+                        continue
                     mask = given.get((obj_id, result.frame_idx))
                     mask = result.masks[i] if mask is None else mask
                     if mask.any():
@@ -191,7 +219,7 @@ class TaskPredictor:
 
     # -- single image -------------------------------------------------------------------------------
 
-    def _image(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _image(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
         ref = config.media(task["data"])
         path = self.fetcher.fetch(ref, task.get("id"), validate_image, "image")
 
@@ -205,13 +233,13 @@ class TaskPredictor:
             predictor, width, height = entry.value.predictor, entry.value.width, entry.value.height
             objects = image_prompts(regions, config, [(width, height)])
             out = []
-            for o in objects:
+            for o in _wanted(objects, named):
                 fp = o.frames[0]
                 mask, score = _mask_only(fp), None
                 if mask is None:
                     mask, score = self._image_mask(predictor, fp)
                 if mask.any():
-                    out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o.label),
+                    out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o),
                                               score=score, parent_id=o.key))
         return out
 

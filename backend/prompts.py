@@ -11,7 +11,8 @@ drafts/annotations, so regions the user deleted, or other annotators' regions, d
 Video (`video_prompts`)
 -----------------------
 Each videorectangle region is one object (key = region id, label = value.labels[0]). Each of its
-keyframes with enabled true that is the user's own is a box prompt on frame `frame - 1` (also one
+keyframes with enabled true that is the user's own is a box prompt on the decoded frame the editor
+shows at `frame` (backend/frametime.py; frame - 1 for a constant-rate file at the config's rate) (also one
 whose enabled this backend set to false to end a span, see `results.CLOSED_KEY`); a keyframe the
 user disabled is not a prompt.
 Keyframes this backend computed earlier carry a fingerprint (`results.AUTO_KEY`) and are not
@@ -43,7 +44,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,8 @@ class ObjectPrompts:
         whose value has framesCount, duration, labels, sequence).
     user_keyframes: video only, the user's own sequence items verbatim (enabled or not), to be
         passed back to `results.masklet_to_videorectangle`.
+    sources: ids of the regions whose prompts the object holds (an interactive answer returns the objects
+        of context.result's regions only).
     """
 
     key: str
@@ -93,6 +96,7 @@ class ObjectPrompts:
     frames: list[FramePrompt] = field(default_factory=list)
     region: dict | None = None
     user_keyframes: list[dict] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
 
     def at(self, frame: int) -> FramePrompt:
         """The FramePrompt of `frame`, created (in sorted place) if missing."""
@@ -230,11 +234,14 @@ def video_prompts(
     config: LabelConfig,
     frame_size: tuple[int, int],
     frames_count: int | None = None,
+    to_frame: Callable[[int, str], int] | None = None,
 ) -> list[ObjectPrompts]:
     """videorectangle regions -> one ObjectPrompts per region with at least one user box prompt.
 
     frame_size: (width, height) of the decoded video. frames_count: number of frames, to reject
-    keyframes past the end (None: not checked). Raises PromptError.
+    keyframes past the end (None: not checked). to_frame(editor frame, what): the 0-based decoded frame an
+    editor frame shows (frametime.FrameMap.decoded; it judges frames past the end); default frame - 1. When
+    several keyframes of a region show one decoded frame, the first is its prompt. Raises PromptError.
     """
     width, height = frame_size
     names = config.control_names("VideoRectangle")
@@ -246,7 +253,8 @@ def video_prompts(
             continue
         value = region.get("value") or {}
         labels = value.get("labels") or []
-        obj = ObjectPrompts(str(region.get("id")), labels[0] if labels else None, region=dict(region))
+        obj = ObjectPrompts(str(region.get("id")), labels[0] if labels else None, region=dict(region),
+                            sources={str(region.get("id"))})
         for item in value.get("sequence") or []:
             if is_computed_keyframe(item):
                 continue
@@ -254,14 +262,18 @@ def video_prompts(
             what = f"region {obj.key} keyframe {frame}"
             if isinstance(frame, float) and frame.is_integer():
                 frame = int(frame)
-            if not isinstance(frame, int) or frame < 1 or (frames_count is not None and frame > frames_count):
-                raise PromptError(f"{what}: frame must be in 1..{frames_count or 'framesCount'} (1-based)")
+            checked = frames_count if to_frame is None else None
+            if not isinstance(frame, int) or frame < 1 or (checked is not None and frame > checked):
+                raise PromptError(f"{what}: frame must be in 1..{checked or 'framesCount'} (1-based)")
+            enabled = is_user_enabled(item)
+            if enabled and any(k.get("frame") == frame and is_user_enabled(k) for k in obj.user_keyframes):
+                raise PromptError(f"{what}: two keyframes on one frame")
             obj.user_keyframes.append(dict(item))
-            if is_user_enabled(item):
-                fp = obj.at(frame - 1)
-                if fp.box is not None:
-                    raise PromptError(f"{what}: two keyframes on one frame")
-                fp.box = rect_to_box(item, width, height, what)
+            if enabled:
+                box = rect_to_box(item, width, height, what)
+                fp = obj.at(frame - 1 if to_frame is None else to_frame(frame, what))
+                if fp.box is None:
+                    fp.box = box
         if obj.is_prompted:
             objects.append(obj)
     return objects
@@ -338,6 +350,7 @@ def image_prompts(
             return None
         if key not in objects:
             objects[key] = ObjectPrompts(key, label, region=dict(region))
+        objects[key].sources.add(str(region.get("id")))
         return objects[key]
 
     for pos, region in enumerate(regions):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .gate import forward
 from .prompts import check_boxes, check_points
 from .sam2 import SAM2, FrameFeatures
 
@@ -62,10 +63,11 @@ class ImagePredictor:
         """Embed an H×W×3 uint8 RGB image."""
         image = validate_rgb(image)
         self._orig_hw = image.shape[:2]
-        x = preprocess_image(image, self.image_size).to(self.model.device)
-        features = self.model.encode_image(x)
-        # the model saw "no memory" frames this way during training
-        features.embedding = features.embedding + self.model.no_mem_embed.view(1, -1, 1, 1)
+        with forward(self.model.device):
+            x = preprocess_image(image, self.image_size).to(self.model.device)
+            features = self.model.encode_image(x)
+            # the model saw "no memory" frames this way during training
+            features.embedding = features.embedding + self.model.no_mem_embed.view(1, -1, 1, 1)
         self._features = features
 
     def reset(self) -> None:
@@ -96,13 +98,14 @@ class ImagePredictor:
         coords, labels = self._prompt_points(point_coords, point_labels, box)
         mask = self._mask_input(mask_input, batch=1 if coords is None else coords.shape[0])
         device = self.model.device
-        multimasks, ious, _, _ = self.model.decode(
-            features.embedding, features.high_res,
-            None if coords is None else coords.to(device),
-            None if labels is None else labels.to(device),
-            None if mask is None else mask.to(device),
-            multimask_output,
-        )
+        with forward(device):
+            multimasks, ious, _, _ = self.model.decode(
+                features.embedding, features.high_res,
+                None if coords is None else coords.to(device),
+                None if labels is None else labels.to(device),
+                None if mask is None else mask.to(device),
+                multimask_output,
+            )
         masks = F.interpolate(multimasks.float(), size=self._orig_hw, mode="bilinear", align_corners=False)
         low_res = multimasks.float().clamp(-32.0, 32.0)
         if not return_logits:

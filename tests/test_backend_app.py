@@ -146,6 +146,29 @@ def test_interactive_video_on_captured_payload(client, ls):
     assert _ok(client.get("/metrics"))["media_downloads"] == downloads
 
 
+def test_interactive_answer_holds_only_the_context_objects(client):
+    """The draft holds a stale copy of the region being edited and a region the user deleted since: the answer
+    holds the context's region only (as the context has it), marked origin "prediction"."""
+    body = captured("predict_interactive")
+    region = body["params"]["context"]["result"][0]
+    stale = copy.deepcopy(region)
+    stale["value"]["sequence"][0].update(x=5.0, y=5.0)
+    deleted = copy.deepcopy(region)
+    deleted["id"], deleted["value"]["sequence"][0]["frame"] = "deleted1", 6
+    body["tasks"][0]["id"] = 40
+    body["tasks"][0]["drafts"] = [{"id": 1, "result": [stale, deleted], "created_at": "2026-11-26T19:32:54Z"}]
+    [answer] = _ok(client.post("/predict", json=body))["results"][0]["result"]
+    assert answer["origin"] == "prediction"
+    _check_video_region(answer, region["value"]["sequence"][0])
+    # batch (no context): every object of the annotation, each marked as a prediction
+    batch = captured("predict_batch")
+    batch["tasks"][0]["id"] = 41
+    batch["tasks"][0]["annotations"] = [{"id": 7, "result": [region, deleted], "was_cancelled": False}]
+    regions = _ok(client.post("/predict", json=batch))["results"][0]["result"]
+    assert sorted(r["id"] for r in regions) == ["deleted1", "userbox1"]
+    assert all(r["origin"] == "prediction" for r in regions)
+
+
 def test_batch_without_and_with_prompts(client, ls):
     body = captured("predict_batch")  # Retrieve Predictions on a task without annotations
     requests_before = len(ls.requests)
@@ -168,7 +191,8 @@ def test_batch_without_and_with_prompts(client, ls):
 
 
 @pytest.mark.parametrize("change, status, words", [
-    ({"frame": N_FRAMES + 5}, 422, ["frame must be in 1..20"]),
+    ({"frame": N_FRAMES + 40}, 422, ["frame 60 (2.360 s) is beyond the video", "20 frames at 25 fps"]),
+    ({"frame": 0}, 422, ["frame must be in 1..framesCount"]),
     ({"x": 150.0}, 422, ["zero area inside the 64x48 frame"]),
     ({"width": "wide"}, 400, ["params.context.result[0].value.sequence[0].width:", "valid number"]),
 ])
@@ -266,6 +290,27 @@ def test_image_sequence_mask_round_trip_and_keypoints(client):
     np.testing.assert_array_equal(decode_brush(on_k, W, H), mask)  # frame k: exactly the mask given
     ids = [r["id"] for r in regions]
     assert len(ids) == len(set(ids))
+
+
+def test_image_sequence_answer_holds_the_clicked_object_only(client):
+    """A click inside the user's brush refines that brush's object; the draft's other object (a rectangle)
+    is not returned."""
+    brush = mask_to_brush(_mask(), region_id="userbrush", from_name="brush", to_name="frames", labels=["Car"],
+                          item_index=2)
+    rect = {"id": "rect1", "type": "rectanglelabels", "from_name": "rect", "to_name": "frames", "item_index": 0,
+            "origin": "manual", "value": {"x": 5.0, "y": 5.0, "width": 30.0, "height": 30.0, "rotation": 0,
+                                          "rectanglelabels": ["Car"]}}
+    point = {"id": "kp9", "type": "keypointlabels", "from_name": "kp", "to_name": "frames", "item_index": 2,
+             "is_positive": True, "value": {"x": 45.0, "y": 45.0, "width": 1.5, "keypointlabels": ["Car"]}}
+    body = _sequence_body([point])
+    body["tasks"][0]["id"] = 21
+    body["tasks"][0]["drafts"] = [{"id": 3, "result": [brush, rect], "created_at": "2026-11-26T19:32:54Z"}]
+    regions = _ok(client.post("/predict", json=body))["results"][0]["result"]
+    assert regions and {r["parentID"] for r in regions} == {"userbrush"}
+    assert all(r["origin"] == "prediction" for r in regions)
+    body["params"]["context"]["result"] = [rect]  # the rectangle named: its object only
+    regions = _ok(client.post("/predict", json=body))["results"][0]["result"]
+    assert regions and {r["parentID"] for r in regions} == {"rect1"}
 
 
 def test_image_sequence_bad_item_index(client):

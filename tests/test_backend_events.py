@@ -173,6 +173,24 @@ def test_predict_click_and_box(client, backend):
         assert [o.key for o in tracker.objects] == ["0"]
 
 
+def test_click_without_event_is_a_predict(client, backend):
+    """The newest client's click carries time_ms/frame and no `event`: served as predict, not the classic
+    protocol's empty answer."""
+    body = event("predict_click", task_id=12, time_ms=402.0)
+    del body["params"]["context"]["event"]
+    click = post(client, body)
+    assert click is not None and click["type"] == "bitmask" and click["value"]["frame"] == 10
+    assert_sent_mask(click["value"]["imageDataURL"], backend, 12, 10, "0")
+    body = event("predict_click", task_id=12, time_ms=None, frame=4)
+    del body["params"]["context"]["event"]
+    assert post(client, body)["value"]["frame"] == 3
+    classic = event("predict_click", task_id=12)  # no event, no frame, no time: the classic protocol
+    for key in ("event", "frame", "time_ms"):
+        del classic["params"]["context"][key]
+    answer = client.post("/predict", json=classic)
+    assert answer.status_code == 200 and answer.get_json()["results"][0]["result"] == []
+
+
 def test_prewarm_embeds_frames(client, backend):
     ack = post(client, event("prewarm", task_id=3))
     assert ack["type"] == "prewarm_ack" and ack["value"]["status"] == "ok" and ack["value"]["frame_count"] == N_FRAMES
@@ -229,6 +247,27 @@ def test_track_one_direction(client, backend, context, frames):
     check_entries(backend, task_id, entries, frames, ["0"])
     order = [e["frame"] for e in entries]
     assert order == sorted(order, reverse=context["direction"] == "backward")
+
+
+def test_polls_beyond_the_wait_slots_do_not_wait(client, backend, monkeypatch):
+    """THREADS - 1 polls may wait (long poll); with every slot taken a poll answers with what is buffered, so
+    polls never hold all request threads."""
+    from backend import events
+    waits = []
+    original = events.TrackJob.drain
+    monkeypatch.setattr(events.TrackJob, "drain", lambda job, wait=True: waits.append(wait) or original(job, wait))
+    assert backend.settings.threads == 4 and backend.events._waiters._initial_value == 3
+    post(client, event("predict_box", task_id=43, time_ms=200.0))
+    value = post(client, event("track", task_id=43, direction="forward", max_frames=3, time_ms=200.0))["value"]
+    taken = [backend.events._waiters.acquire(blocking=False) for _ in range(3)]
+    try:
+        assert all(taken) and not backend.events._waiters.acquire(blocking=False)
+        post(client, event("track_progress", task_id=43, session_id=value["session_id"]))
+    finally:
+        for _ in taken:
+            backend.events._waiters.release()
+    entries, last = poll(client, 43, value["session_id"])
+    assert waits[0] is False and all(waits[1:]) and last["done"]
 
 
 def test_track_with_its_own_prompts(client, backend):
@@ -361,9 +400,11 @@ IMAGE_XML = ('<View><Image name="image" value="$image"/><KeyPointLabels name="kp
     ("predict_click", {"event": 7}, 400, ['"params.context.event" must be str']),
     ("track_progress", {"session_id": None}, 400, ['missing field "params.context.session_id"']),
     ("track_cancel", {"session_id": ""}, 400, ['"params.context.session_id"']),
-    ("predict_click", {"time_ms": 5000.0}, 422, ["time_ms 5000 is beyond the video", "20 frames at 25 fps"]),
-    ("predict_click", {"time_ms": 840.0}, 422, ["beyond the video"]),
-    ("predict_click", {"time_ms": None, "frame": 25}, 422, ["frame 25 is outside the video (frames 1..20"]),
+    ("predict_click", {"time_ms": 5000.0}, 422, ["time_ms: 5 s is beyond the video: it ends at 0.800 s"]),
+    ("predict_click", {"time_ms": 1400.0}, 422, ["beyond the video"]),  # more than 0.5 s after the end
+    ("predict_click", {"time_ms": None, "frame": 40}, 422, ["frame 40 (1.560 s) is beyond the video",
+                                                            "20 frames at 25 fps"]),
+    ("predict_click", {"time_ms": None, "frame": 0}, 422, ["frame 0 is before the first frame"]),
     ("predict_click", {"time_ms": "soon"}, 400, ['"params.context.time_ms" must be a number']),
     ("predict_click", {"result": [{"type": "keypointlabels", "value": {"x": 150.0, "y": 10.0}}]}, 422,
      ["bad prompt", "outside the 64x48 frame"]),
@@ -387,8 +428,10 @@ def test_bad_events(client, name, context, status, words):
 
 
 def test_edge_answers(client):
-    # the frame after the last one (e.g. currentTime == duration) is the last frame
+    # the end (currentTime == duration), and editor frames just past it (a longer audio track), show the last frame
     assert post(client, event("predict_click", task_id=98, time_ms=800.0))["value"]["frame"] == N_FRAMES - 1
+    assert post(client, event("predict_click", task_id=98, time_ms=1000.0))["value"]["frame"] == N_FRAMES - 1
+    assert post(client, event("predict_click", task_id=98, time_ms=None, frame=25))["value"]["frame"] == N_FRAMES - 1
     # an unknown session answers the reference's "not found" shape
     value = post(client, event("track_progress", task_id=98, session_id="nope"))["value"]
     assert value == {"session_id": "nope", "frames": [], "error": "session not found", "done": True}

@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -51,52 +50,22 @@ def clip(tmp_path_factory) -> Path:
     return path
 
 
-class CountingCapture:
-    """Wraps a cv2.VideoCapture, counting decode calls and seeks; optional faults for robustness tests:
-    seeks that land `seek_offset` frames off target, a frame count that is off by `count_offset`."""
+class LateSeeks:
+    """A container whose seeks land `late` frames after the requested timestamp (a wrong index), delegating the
+    rest to the real PyAV container."""
 
-    def __init__(self, cap, seek_offset: int = 0, count_offset: int = 0):
-        self.cap, self.seek_offset, self.count_offset = cap, seek_offset, count_offset
-        self.reads = self.grabs = self.seeks = 0
+    def __init__(self, container, timeline, late: int):
+        self.container, self.timeline, self.late = container, timeline, late
 
-    def read(self):
-        self.reads += 1
-        return self.cap.read()
-
-    def grab(self):
-        self.grabs += 1
-        return self.cap.grab()
-
-    def set(self, prop, value):
-        if prop == cv2.CAP_PROP_POS_FRAMES:
-            self.seeks += 1
-            value = value + self.seek_offset if value > 0 else value
-        return self.cap.set(prop, value)
-
-    def get(self, prop):
-        value = self.cap.get(prop)
-        return value + self.count_offset if prop == cv2.CAP_PROP_FRAME_COUNT else value
+    def seek(self, offset, **kwargs):
+        i = self.timeline.position(offset)
+        if i is not None and self.late:
+            offset = int(self.timeline.pts[min(i + self.late, len(self.timeline) - 1)])
+            kwargs["any_frame"] = True
+        return self.container.seek(offset, **kwargs)
 
     def __getattr__(self, name):
-        return getattr(self.cap, name)
-
-
-@pytest.fixture
-def counting(monkeypatch):
-    """Route cv2.VideoCapture through CountingCapture; returns (fault options to fill, captures made)."""
-    real, opts, caps = cv2.VideoCapture, {}, []
-
-    def factory(path, api):
-        caps.append(CountingCapture(real(path, api), **opts))
-        return caps[-1]
-
-    monkeypatch.setattr(cv2, "VideoCapture", factory)
-    return opts, caps
-
-
-def totals(caps) -> tuple[int, int]:
-    """(frames decoded through read/grab, seeks) over all captures."""
-    return sum(c.reads + c.grabs for c in caps), sum(c.seeks for c in caps)
+        return getattr(self.container, name)
 
 
 # -- VideoFileSource ----------------------------------------------------------------------------------
@@ -106,6 +75,8 @@ def test_video_metadata(clip):
     with VideoFileSource(clip) as src:
         assert (src.frame_count, len(src), src.frame_size) == (N, N, (H, W))
         assert src.fps == pytest.approx(FPS, abs=1e-3)
+        assert src.timeline.starts == pytest.approx(np.arange(N) / FPS, abs=1e-4)
+        assert src.timeline.end == pytest.approx(N / FPS, abs=1e-4)
     assert VideoFileSource(clip, fps=10).fps == 10.0
 
 
@@ -124,67 +95,77 @@ def test_video_random_access(clip):
                 src.get(bad)
 
 
-def test_video_sequential_reads_do_not_seek(clip, counting):
-    _, caps = counting
+def test_video_sequential_reads_do_not_seek(clip):
     with VideoFileSource(clip, cache_frames=0) as src:
-        seeks = totals(caps)[1]
-        assert [frame_index(src.get(i)) for i in range(N)] == list(range(N))
+        seeks = src.stats["seeks"]  # opening read frame 0 and the last frame
+        assert [frame_index(src.get(i)) for i in range(1, N)] == list(range(1, N))
+        assert src.stats["seeks"] == seeks + 1  # one seek back to frame 1, none for reading on
         assert [frame_index(src.get(i)) for i in range(0, N, 7)] == list(range(0, N, 7))  # forward skips
-        assert totals(caps)[1] == seeks + 1  # one seek back to frame 0, none for reading on
+        assert src.stats["seeks"] == seeks + 2
 
 
-def test_video_open_is_constant_work(tmp_path, counting):
-    """Opening a 3000-frame video decodes at most two frames through the API (one seek to the claimed
-    last frame), and none with verify_frame_count=False."""
+def test_video_open_is_constant_work(tmp_path, monkeypatch):
+    """Opening a 3000-frame video demuxes it once (no decoding) and decodes frame 0 and the last keyframe
+    interval (is the end decodable?); opening it again (or
+    under another name, as the media cache's rename does) does not read it again."""
+    from sam2_model.video import frames as frames_module
+
     n = 3000
     path = tmp_path / "long.mp4"
     write_h264(path, (index_frame(i, 32, 32) for i in range(n)), fps=25)
-    _, caps = counting
-    src = VideoFileSource(path, verify_frame_count=False)
-    assert src.frame_count == n and totals(caps) == (0, 0)
-    caps.clear()
+    demuxed = []
+    real = frames_module.demux_timeline
+    monkeypatch.setattr(frames_module, "demux_timeline", lambda *a: demuxed.append(a) or real(*a))
     src = VideoFileSource(path)
-    decoded, seeks = totals(caps)
-    assert src.frame_count == n and decoded <= 2 and seeks == 1
-    assert frame_index(src.get(n - 1)) == n - 1 and frame_index(src.get(1234)) == 1234
+    keys = np.flatnonzero(src.timeline.keyframe)
+    opened = {"decoded": 1 + n - keys[-1], "seeks": 2}  # frame 0, and the last keyframe interval (tail check)
+    assert src.frame_count == n and src.stats == opened and len(demuxed) == 1
+    moved = tmp_path / "moved.mp4"
+    path.rename(moved)
+    again = VideoFileSource(moved)
+    assert again.frame_count == n and len(demuxed) == 1
+    assert frame_index(again.get(n - 1)) == n - 1 and frame_index(again.get(1234)) == 1234
 
 
-@pytest.mark.parametrize("offset", [1, -1])
-def test_video_inexact_seek_is_detected(clip, counting, offset):
-    """Seeks that land on a neighbour (late or early) still yield the right frames and count, whether the
-    fault shows at open (tail check) or only later."""
-    opts, caps = counting
-    opts["seek_offset"] = offset
-    with VideoFileSource(clip, cache_frames=0) as src:
-        assert src.frame_count == N and not src._seek_trusted
-        for i in [5, 90, 3, N - 1, 0, 40, 39]:
+def test_video_random_access_costs_one_keyframe_interval(tmp_path):
+    """Every random access decodes at most the keyframe interval (plus the frame itself), whatever the
+    position in the video; stepping backwards reuses the frames decoded on the way."""
+    path = tmp_path / "gop.mp4"
+    write_h264(path, (index_frame(i, 32, 32) for i in range(600)), fps=30)  # a keyframe at least every 60
+    with VideoFileSource(path, cache_frames=0) as src:
+        keys = np.flatnonzero(src.timeline.keyframe)
+        assert keys[0] == 0 and np.diff(keys).max() <= 60 and len(keys) < 100
+        for i in [599, 13, 301, 59, 60, 450, 7, 598, 333]:
+            before = src.stats["decoded"]
             assert frame_index(src.get(i)) == i
-    opts["seek_offset"] = 0
+            assert src.stats["decoded"] - before <= i - src.timeline.keyframe_before(i) + 1
+    with VideoFileSource(path, cache_frames=16) as src:
+        before = src.stats["decoded"]
+        assert [frame_index(src.get(i)) for i in range(299, 179, -1)] == list(range(299, 179, -1))
+        cold = sum(i - src.timeline.keyframe_before(i) + 1 for i in range(299, 179, -1))  # one seek per frame
+        assert src.stats["decoded"] - before < cold / 3
+
+
+@pytest.mark.parametrize("late", [1, 5])
+def test_video_inexact_seek_is_detected(clip, late):
+    """Seeks that land after the target (a wrong container index) still yield the right frames."""
     with VideoFileSource(clip, cache_frames=0) as src:
-        assert src._seek_trusted
-        opts["seek_offset"] = caps[-1].seek_offset = offset  # faults appear after opening
-        for i in [60, 20, N - 1, 70, 10]:
+        src._container = LateSeeks(src._container, src.timeline, late)
+        for i in [5, 90, 3, N - 1, 0, 40, 39, 61, 60]:
             assert frame_index(src.get(i)) == i
-        assert not src._seek_trusted
-
-
-@pytest.mark.parametrize("offset", [3, -5])
-def test_video_wrong_metadata_count(clip, counting, offset):
-    opts, _ = counting
-    opts["count_offset"] = offset
-    with VideoFileSource(clip) as src:
-        assert src.frame_count == N
-        assert frame_index(src.get(N - 1)) == N - 1
 
 
 def test_truncated_video_counts_decodable_frames(clip, tmp_path):
     data = clip.read_bytes()
     path = tmp_path / "half.mp4"
     path.write_bytes(data[: len(data) // 2])
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     decodable = 0
-    while cap.read()[0]:
-        decodable += 1
+    with av.open(str(path)) as container:
+        try:
+            for _ in container.decode(video=0):
+                decodable += 1
+        except av.FFmpegError:
+            pass
     assert 0 < decodable < N
     with VideoFileSource(path, cache_frames=0) as src:
         assert src.frame_count == decodable
@@ -209,15 +190,16 @@ def test_unreadable_media_raise(clip, tmp_path):
         open_frames(tmp_path / "missing.mp4")
 
 
-def test_video_cache_is_bounded(clip, counting):
-    _, caps = counting
+def test_video_cache_is_bounded(clip):
     src = VideoFileSource(clip, cache_frames=3)
-    for i in [0, 30, 60, 90, 10]:
+    for i in [0, 30, 60, 90, 100]:
         src.get(i)
-    assert list(src._cache) == [60, 90, 10]
-    before = totals(caps)
-    frame = src.get(90)
-    assert totals(caps) == before and frame is src.get(90)  # served from the cache
+    assert list(src._cache) == [60, 90, 100]
+    src.get(10)  # a step backwards keeps the frames decoded on the way (the next backward steps)
+    assert list(src._cache) == [8, 9, 10]
+    before = dict(src.stats)
+    frame = src.get(9)
+    assert frame_index(frame) == 9 and src.stats == before and frame is src.get(9)  # served from the cache
     assert not frame.flags.writeable
     src.close()
     src.close()

@@ -89,8 +89,16 @@ def test_video_framerate_default_case_and_task_data():
     assert parse_label_config(base.format('frameRate="29.97"')).fps() == 29.97
     cfg = parse_label_config(base.format('framerate="$fps"'))
     assert cfg.fps({"v": "x.mp4", "fps": 30}) == 30.0
-    with pytest.raises(LabelConfigError):
-        cfg.fps({"v": "x.mp4"})
+    assert cfg.fps({"v": "x.mp4", "fps": "29.97"}) == 29.97
+    # as Label Studio's editor reads them: missing, 0 or not a number -> 24; below 1 -> 1 / F
+    for data in ({"v": "x.mp4"}, {"fps": 0}, {"fps": "fast"}, {"fps": None}, {"fps": ""}):
+        assert cfg.fps(data) == 24.0
+    assert cfg.fps({"fps": 0.5}) == 2.0 and cfg.fps({"fps": "0.25"}) == 4.0
+    for bad in (-5, "-1", "Infinity"):
+        with pytest.raises(LabelConfigError, match="framerate"):
+            cfg.fps({"fps": bad})
+    assert parse_label_config(base.format('framerate="0"')).fps() == 24.0
+    assert parse_label_config(base.format('framerate="$meta.fps"')).fps({"meta": {"fps": 50}}) == 50.0
     assert cfg.output_labels == ()
 
 

@@ -1,6 +1,9 @@
 """Frame sources for the video engine, decoded lazily with bounded memory, plus frame preprocessing and
 browser-playable H.264 writing.
 
+Video files are read with PyAV through their timeline (timeline.py): frame i is the i-th presentation
+timestamp, reached by a timestamp seek to the keyframe before it and decoding up to it.
+
 Every source yields H×W×3 uint8 RGB frames by index ``0 <= idx < frame_count``; no source holds the
 whole clip in memory (a video file keeps only a small LRU of decoded frames).
 """
@@ -22,6 +25,8 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
+
+from .timeline import Timeline, cached_timeline, demux_timeline, file_key, remember_timeline
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,11 @@ class FrameSource(ABC):
         """H×W×3 uint8 RGB frame `idx`. Raises IndexError unless ``0 <= idx < frame_count``
         (negative indices are rejected, not wrapped)."""
 
+    @property
+    def timeline(self) -> Timeline:
+        """When each frame is shown (seconds); a source without timestamps: a constant rate from 0."""
+        return Timeline.uniform(self.frame_count, self.fps)
+
     def close(self) -> None:
         """Release the resources held (file handles, caches). Idempotent."""
 
@@ -77,31 +87,24 @@ class FrameSource(ABC):
 
 
 class VideoFileSource(FrameSource):
-    """Frames of a video file through OpenCV's FFmpeg backend.
+    """Frames of a video file through PyAV (FFmpeg), addressed through the file's timeline.
 
-    Opening reads the container metadata, then (``verify_frame_count=True``) checks the claimed last frame
-    with one seek and one or two reads: work bounded by the keyframe interval, independent of the video
-    length. If the metadata count is wrong, the count of decodable frames is used instead: frames beyond
-    the claim are counted by reading on; a claim that cannot be confirmed (truncated file, inconsistent
-    timestamps) or no count at all costs one sequential decode of the file. ``verify_frame_count=False``
-    trusts a positive metadata count and reads no frame at open.
+    Opening demuxes the file once without decoding (`timeline.demux_timeline`; a file already indexed in this
+    process is not read again) and decodes frame 0 (size, rotation). Frame i is the i-th distinct presentation
+    timestamp; `timeline` says when each is shown. Frames come rotated as players show them (the stream's
+    display matrix, a multiple of 90 degrees), so `frame_size` is the displayed (height, width).
 
-    ``get(idx)`` reads on when ``idx`` is the next frame or at most ``max_forward_skip`` frames ahead,
-    and seeks otherwise. A seek is accepted only if OpenCV's position says it landed exactly on ``idx``;
-    otherwise the frame is reached by decoding forward from the start of the file, and later seeks are
-    no longer trusted. Returned frames are read-only arrays shared with an LRU of ``cache_frames``
-    frames. Thread-safe.
+    ``get(idx)`` decodes on when ``idx`` is at most ``max_forward_skip`` frames ahead of the last decoded one,
+    else seeks to the keyframe before ``idx`` (by its timestamp) and decodes up to it: O(keyframe interval) per
+    random access, whatever the frame rate. A seek that lands after the target (a wrong container index) is
+    retried from earlier keyframes, at last from the start. Stepping backwards keeps the frames decoded on the
+    way in the cache, so backward tracking does not decode the keyframe interval again for each frame. Returned
+    frames are read-only arrays shared with an LRU of ``cache_frames`` frames. Thread-safe. ``stats`` counts
+    decoded frames and seeks.
     """
 
-    def __init__(
-        self,
-        path: PathLike,
-        *,
-        fps: float | None = None,
-        cache_frames: int = 8,
-        max_forward_skip: int = 16,
-        verify_frame_count: bool = True,
-    ):
+    def __init__(self, path: PathLike, *, fps: float | None = None, cache_frames: int = 8,
+                 max_forward_skip: int = 16):
         if cache_frames < 0:
             raise ValueError(f"cache_frames must be >= 0, got {cache_frames}")
         self.path = os.fspath(path)
@@ -109,136 +112,185 @@ class VideoFileSource(FrameSource):
         self._cache_frames = cache_frames
         self._max_forward_skip = max_forward_skip
         self._lock = threading.Lock()
-        self._seek_trusted = True
-        self._cap: cv2.VideoCapture | None = None
-        self._next = 0  # index of the frame the next cap.read() returns
-        self._open_capture()
-        cap = self._cap
-        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        self.fps = float(fps) if fps is not None else float(cap.get(cv2.CAP_PROP_FPS))
-        claimed = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.frame_size = (height, width)
-        if claimed > 0 and not verify_frame_count:
-            self.frame_count = claimed
-        else:
-            self.frame_count = self._verified_count(claimed)
-        if self.frame_count <= 0:
+        self.stats = {"decoded": 0, "seeks": 0}
+        self._container = None
+        self._decoder = None  # generator of decoded frames, positioned after self._pos
+        self._pos = -1  # index of the last frame the decoder returned
+        self._last_request = -1
+        self._rotation = 0
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(self.path)
+        self._open()
+        key = file_key(self.path)
+        timeline = cached_timeline(key)
+        if timeline is None:
+            try:
+                timeline = demux_timeline(self._container, self._stream, self.path)
+            except (ValueError, av.FFmpegError) as exc:
+                self.close()
+                raise VideoReadError(str(exc)) from exc
+            remember_timeline(key, timeline)
+        self._timeline = timeline
+        self.frame_count = len(timeline)
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(fps) if fps is not None else float(rate) if rate else 0.0
+        self.frame_size = (self._stream.codec_context.height, self._stream.codec_context.width)
+        try:
+            first = self.get(0)
+            self._trim_undecodable_tail()
+        except VideoReadError:
             self.close()
-            raise VideoReadError(f"{self.path}: no decodable video frame")
-        if claimed != self.frame_count:
-            logger.warning("%s: container claims %d frames, %d decodable", self.path, claimed, self.frame_count)
+            raise
+        self.frame_size = first.shape[:2]
 
     def get(self, idx: int) -> np.ndarray:
         idx = self._check_index(idx)
         with self._lock:
-            if self._cap is None:
+            if self._container is None:
                 raise ValueError(f"{self.path}: source is closed")
             frame = self._cache.get(idx)
             if frame is None:
-                frame = self._decode(idx)
-                if self._cache_frames:
-                    self._cache[idx] = frame
-                    if len(self._cache) > self._cache_frames:
-                        self._cache.popitem(last=False)
+                frame = self._decode(idx)[1]
+                self._remember(idx, frame)
             else:
                 self._cache.move_to_end(idx)
+            self._last_request = idx
             return frame
+
+    @property
+    def timeline(self) -> Timeline:
+        return self._timeline
 
     def close(self) -> None:
         with self._lock:
-            if self._cap is not None:
-                self._cap.release()
-                self._cap = None
+            if self._container is not None:
+                self._container.close()
+                self._container = None
+                self._decoder = None
             self._cache.clear()
 
     # -- decoding ---------------------------------------------------------------------------------------
 
-    def _open_capture(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-        if not os.path.isfile(self.path):
-            raise FileNotFoundError(self.path)
-        cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
-        if not cap.isOpened():
-            cap.release()
-            raise VideoReadError(f"{self.path}: not a readable video (unknown format, corrupt or truncated)")
-        tag = (int(cap.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF).to_bytes(4, "little").decode("latin-1")
-        if tag.lower() in TEXT_CODEC_TAGS:
-            cap.release()
+    def _open(self) -> None:
+        try:
+            container = av.open(self.path, metadata_errors="ignore")
+        except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+            raise VideoReadError(f"{self.path}: not a readable video (unknown format, corrupt or truncated: {exc})"
+                                 ) from exc
+        if not container.streams.video:
+            container.close()
+            raise VideoReadError(f"{self.path}: no video stream")
+        stream = container.streams.video[0]
+        if stream.codec_context.name in TEXT_CODEC_TAGS:
+            container.close()
             raise VideoReadError(f"{self.path}: a text file, not a video")
-        self._cap = cap
-        self._next = 0
+        self._container, self._stream = container, stream
 
-    def _read(self) -> np.ndarray | None:
-        """Decode the next frame as a read-only RGB array, or None at the end of the decodable data."""
-        ok, bgr = self._cap.read()
-        if not ok or bgr is None:
-            return None
-        self._next += 1
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    def _remember(self, idx: int, frame: np.ndarray) -> None:
+        if self._cache_frames:
+            self._cache[idx] = frame
+            self._cache.move_to_end(idx)
+            while len(self._cache) > self._cache_frames:
+                self._cache.popitem(last=False)
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        rgb = frame.to_ndarray(format="rgb24")
+        turns = round((frame.rotation or 0) / 90) % 4
+        if turns:
+            rgb = np.ascontiguousarray(np.rot90(rgb, turns))
         rgb.flags.writeable = False
         return rgb
 
-    def _skip_to(self, idx: int) -> bool:
-        """Decode forward (without colour conversion) until the next frame is `idx`."""
-        while self._next < idx:
-            if not self._cap.grab():
-                return False
-            self._next += 1
-        return True
+    def _seek(self, key: int) -> None:
+        """Position the decoder at keyframe `key` (the container may land earlier, or wrongly later)."""
+        self.stats["seeks"] += 1
+        self._container.seek(int(self.timeline.pts[key]), stream=self._stream, backward=True)
+        self._decoder = self._container.decode(self._stream)
+        self._pos = -1
 
-    def _seek(self, idx: int) -> bool:
-        """Position the capture so that the next read returns `idx`; True if OpenCV confirms it."""
-        self._cap.set(cv2.CAP_PROP_POS_FRAMES, idx)
-        self._next = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES))
-        return self._next == idx
+    def _trim_undecodable_tail(self) -> None:
+        """Decode the last frame (one keyframe interval); if the end of the file does not decode (truncated), the
+        timeline ends after the last frame that does."""
+        last = self.frame_count - 1
+        if last <= 0:
+            return
+        pos, frame = self._decode(last)
+        if pos < last:
+            logger.warning("%s: frames %d..%d are not decodable; the video ends at frame %d", self.path, pos + 1,
+                           last, pos)
+            tl = self._timeline
+            self._timeline = Timeline(tl.pts[: pos + 1], tl.keyframe[: pos + 1], tl.time_base,
+                                      float(tl.starts[pos + 1]), tl.shift)
+            self.frame_count = pos + 1
+        self._remember(pos, frame)
 
-    def _read_checked(self, idx: int) -> np.ndarray | None:
-        """Read frame `idx` (the next one) and confirm OpenCV's position moved to idx + 1."""
-        frame = self._read()
-        if frame is not None and int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) == idx + 1:
-            return frame
+    def _decode(self, idx: int) -> tuple[int, np.ndarray]:
+        """(index of the frame decoded, the frame): `idx`, or the frame shown before it when `idx` cannot be decoded."""
+        if self._decoder is not None and self._pos < idx <= self._pos + self._max_forward_skip:
+            found = self._decode_on(idx, after_seek=False)
+            if found is not None:
+                return found
+        key = self.timeline.keyframe_before(idx)
+        for _ in range(3):  # seeks that land after the target: retry from earlier keyframes
+            self._seek(key)
+            found = self._decode_on(idx, after_seek=True)
+            if found is not None:
+                return found
+            if key == 0:
+                break
+            key = self.timeline.keyframe_before(key - 1)
+        logger.warning("%s: seeking to frame %d is unreliable; decoding from the start", self.path, idx)
+        self._container.close()
+        self._open()  # ground truth: decode from the first packet
+        self._decoder, self._pos = self._container.decode(self._stream), -1
+        found = self._decode_on(idx, after_seek=True)
+        if found is None:
+            raise VideoReadError(f"{self.path}: frame {idx} could not be decoded")
+        return found
+
+    def _decode_on(self, idx: int, after_seek: bool) -> tuple[int, np.ndarray] | None:
+        """Decode until frame `idx`. None when the decoder is already past it (a late seek). A frame that never
+        comes (undecodable packet) is replaced by the last one before it, as a player shows it."""
+        backward = idx < self._last_request
+        keep = self._cache_frames if backward else 0
+        behind: list[tuple[int, av.VideoFrame]] = []  # frames before idx, kept when stepping backwards
+        beyond = 0  # frames after idx decoded so far (timestamps out of decode order allow `reorder` of them)
+        try:
+            for frame in self._decoder:
+                self.stats["decoded"] += 1
+                pos = self._frame_position(frame)
+                if pos is None:
+                    continue
+                if pos > idx and not behind and after_seek and self._pos < 0:
+                    return None
+                self._pos = pos
+                if pos == idx:
+                    for j, f in behind[-keep:] if keep else ():
+                        self._remember(j, self._to_rgb(f))
+                    return pos, self._to_rgb(frame)
+                if pos > idx:
+                    beyond += 1
+                    if beyond > self._timeline.reorder:
+                        break
+                    continue
+                if behind and pos <= behind[-1][0]:
+                    continue  # a repeated or backwards timestamp
+                behind.append((pos, frame))
+                if len(behind) > max(keep, 1):
+                    behind.pop(0)
+        except av.FFmpegError as exc:
+            logger.warning("%s: decoding towards frame %d failed (%s)", self.path, idx, exc)
+        self._decoder = None
+        if behind:
+            logger.warning("%s: frame %d is not decodable; using frame %d", self.path, idx, behind[-1][0])
+            return behind[-1][0], self._to_rgb(behind[-1][1])
         return None
 
-    def _decode(self, idx: int) -> np.ndarray:
-        if 0 <= idx - self._next <= self._max_forward_skip or (idx > self._next and not self._seek_trusted):
-            if self._skip_to(idx):
-                frame = self._read()
-                if frame is not None:
-                    return frame
-        elif self._seek_trusted:
-            if self._seek(idx):
-                frame = self._read_checked(idx)
-                if frame is not None:
-                    return frame
-            logger.warning("%s: seek to frame %d is not frame-accurate; decoding from the start", self.path, idx)
-            self._seek_trusted = False
-        self._open_capture()  # ground truth: decode from the first frame
-        frame = self._read() if self._skip_to(idx) else None
-        if frame is None:
-            raise VideoReadError(f"{self.path}: frame {idx} could not be decoded")
-        return frame
-
-    def _verified_count(self, claimed: int) -> int:
-        """Number of decodable frames, using `claimed` (the container's count) when it checks out."""
-        if claimed > 0 and self._seek(claimed - 1):
-            last = self._read_checked(claimed - 1)
-            if last is not None:
-                self.frame_size = last.shape[:2]
-                extra = 0
-                while self._cap.grab():  # frames beyond the claim, if any
-                    extra += 1
-                self._open_capture()
-                return claimed + extra
-        self._open_capture()
-        count = 0
-        while self._cap.grab():
-            count += 1
-        if claimed > 0 and count == claimed:
-            self._seek_trusted = False  # the claim was right, so the seek itself was wrong
-        self._open_capture()
-        return count
+    def _frame_position(self, frame: av.VideoFrame) -> int | None:
+        pts = frame.pts if frame.pts is not None else frame.dts
+        if pts is None:  # no timestamp: the frame after the last one
+            return self._pos + 1 if self._pos + 1 < self.frame_count else None
+        return self.timeline.position(pts)
 
 
 class FolderSource(FrameSource):

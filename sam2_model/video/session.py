@@ -8,7 +8,6 @@ need tracking on a frame go through memory attention, decoder and memory encoder
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import threading
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..gate import forward
 
 from ..prompts import check_boxes, check_points
 from ..sam2 import NO_OBJECT_LOGIT, SAM2, FrameFeatures, MaskPrediction
@@ -148,7 +149,7 @@ class VideoSession:
         mask H×W (bool / 0-1) at video resolution. A mask excludes points and box. clear_old=False adds the
         clicks to the frame's earlier clicks (not allowed with a box, which must come first).
         """
-        with self._lock, torch.inference_mode(), self._autocast():
+        with self._lock, self._forward():
             self._check_open()
             self._check_frame(frame_idx)
             prompt = self._make_prompt(points, labels, box, mask)
@@ -168,7 +169,7 @@ class VideoSession:
 
     def embed(self, frame_idx: int) -> bool:
         """Compute and cache `frame_idx`'s image features ahead of prompts; False when already cached."""
-        with self._lock, torch.inference_mode(), self._autocast():
+        with self._lock, self._forward():
             self._check_open()
             self._check_frame(frame_idx)
             if frame_idx in self.features:
@@ -217,7 +218,7 @@ class VideoSession:
             self._check_open()
             if start_frame is not None:
                 self._check_frame(start_frame)
-            with torch.inference_mode(), self._autocast():
+            with self._forward():
                 self._commit_prompts()
             if start_frame is None:
                 start_frame = min(t for obj in self.objects.values() for t in obj.cond)
@@ -234,7 +235,7 @@ class VideoSession:
         done = 0
         for frames, reverse in passes:
             for frame in frames:
-                with self._lock, torch.inference_mode(), self._autocast():
+                with self._lock, self._forward():
                     self._check_open()
                     self._track_frame(frame, reverse)
                     result = self._result(frame)
@@ -375,10 +376,9 @@ class VideoSession:
             )
 
     # ------------------------------------------------------------------ validation
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.model.device.type, dtype=self.dtype)
+    def _forward(self):
+        """One forward pass: the device's gate (sam2_model.gate), inference mode, autocast to the session dtype."""
+        return forward(self.model.device, self.dtype)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .automatic_filters import (
-    box_near_crop_edge, decode_rle, encode_rle, masks_to_boxes, nms, rle_area, stability_score, uncrop_boxes,
+    box_near_crop_edge, decode_rle, encode_rle, fill_small_regions, masks_to_boxes, nms, rle_area, stability_score,
+    uncrop_boxes,
     uncrop_mask, uncrop_points,
 )
 from .automatic_grid import crop_boxes, layer_point_grids
@@ -86,6 +87,8 @@ class MaskGenerator:
     generate(image H×W×3 uint8) -> list of records, one per mask, in the reference's order:
     segmentation (H×W bool, or an RLE dict), area (pixels), bbox [x, y, w, h] (w, h from the last pixel),
     predicted_iou, point_coords [[x, y]] (the click), stability_score, crop_box [x, y, w, h].
+    min_mask_region_area > 0 fills holes and removes sprinkles of at most that many low-res (4h×4w) pixels
+    binarized at 0, before masks are scored, as the reference does on GPU (on CPU the reference skips it: no CUDA kernel).
     """
 
     def __init__(
@@ -120,8 +123,6 @@ class MaskGenerator:
         self.crop_n_points_downscale_factor = _number(
             "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1, integer=True)
         self.min_mask_region_area = _number("min_mask_region_area", min_mask_region_area, 0)
-        if self.min_mask_region_area > 0:
-            raise ValueError("min_mask_region_area > 0 (hole and island clean-up) is not supported yet; use 0")
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}")
         if output_mode == "coco_rle":
@@ -211,6 +212,9 @@ class MaskGenerator:
             low_res, ious = self._refine(points, low_res.clamp(-32.0, 32.0))
         keep = ious > self.pred_iou_thresh if self.pred_iou_thresh > 0 else torch.ones(len(ious), dtype=torch.bool)
         low_res, ious, points = low_res[keep.to(low_res.device)], ious[keep], points[keep]
+        if self.min_mask_region_area > 0:
+            # at the image predictor's threshold (0), not mask_threshold, as the reference does
+            low_res = fill_small_regions(low_res, self.predictor.mask_threshold, self.min_mask_region_area)
         logits = predictor.upscale(low_res[:, None])[:, 0]  # masks at the crop's size, for the kept ones only
         stability = stability_score(logits, self.mask_threshold, self.stability_score_offset).cpu()
         keep = (stability >= self.stability_score_thresh if self.stability_score_thresh > 0

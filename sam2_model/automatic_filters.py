@@ -112,3 +112,21 @@ def decode_rle(rle: dict) -> np.ndarray:
 def rle_area(rle: dict) -> int:
     """Foreground pixels of an uncompressed RLE."""
     return int(sum(rle["counts"][1::2]))
+
+
+
+def fill_small_regions(logits: Tensor, threshold: float, max_area: float) -> Tensor:
+    """Holes (background components) and sprinkles (foreground components) of at most `max_area` pixels,
+    8-connected, in masks binarized at `threshold`, flipped: holes to threshold + 10, sprinkles to
+    threshold - 10. logits N×h×w (low-res) -> N×h×w. Both kinds are found on the input masks."""
+    import cv2  # a runtime dependency already (opencv-python-headless)
+
+    out = logits.clone()
+    foreground = (logits > threshold).cpu().numpy()
+    for i, fg in enumerate(foreground):
+        for region, value in ((~fg, threshold + 10.0), (fg, threshold - 10.0)):
+            _, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+            area = stats[:, cv2.CC_STAT_AREA][labels]
+            small = torch.from_numpy((labels > 0) & (area <= max_area)).to(out.device)
+            out[i] = torch.where(small, torch.tensor(value, dtype=out.dtype, device=out.device), out[i])
+    return out

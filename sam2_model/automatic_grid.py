@@ -12,6 +12,8 @@ import numpy as np
 
 def point_grid(n_per_side: int) -> np.ndarray:
     """Centres of an n×n grid of cells over [0, 1]²: -> (n²)×2 (x, y) float64, x varying fastest."""
+    if n_per_side <= 0:
+        return np.zeros((0, 2))
     half_cell = 1.0 / (2 * n_per_side)
     side = np.linspace(half_cell, 1.0 - half_cell, n_per_side)
     xs, ys = np.meshgrid(side, side, indexing="xy")

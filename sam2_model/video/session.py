@@ -176,6 +176,13 @@ class VideoSession:
             self._features(frame_idx)
             return True
 
+    def frame_features(self, frame_idx: int) -> FrameFeatures:
+        """`frame_idx`'s image features (batch 1), computed once and cached like every frame's."""
+        with self._lock, torch.inference_mode(), self._autocast():
+            self._check_open()
+            self._check_frame(frame_idx)
+            return self._features(frame_idx)
+
     def clear_prompts(self, frame_idx: int, obj_id: Hashable) -> FrameResult:
         """Remove `obj_id`'s prompts on `frame_idx`; its output there becomes an ordinary tracked one."""
         with self._lock:

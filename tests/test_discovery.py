@@ -85,7 +85,7 @@ def test_discover_on_first_frame_and_again_later(session):
             covered |= m
     records4 = gen.generate(session.frames.get(4), features=session.frame_features(4))
     n_before = len(session.objects)
-    added4 = discover(session, gen, 4, ids, max_overlap=0.3)
+    added4 = session.discover(gen, 4, ids, max_overlap=0.3)  # the session's shortcut
     check_rule(records4, added4, covered, 0.3, 50)
     assert [d.obj_id for d in added4] == list(range(len(added), len(added) + len(added4)))
     assert len(session.objects) == n_before + len(added4)

@@ -88,7 +88,8 @@ class MaskGenerator:
     segmentation (H×W bool, or an RLE dict), area (pixels), bbox [x, y, w, h] (w, h from the last pixel),
     predicted_iou, point_coords [[x, y]] (the click), stability_score, crop_box [x, y, w, h].
     min_mask_region_area > 0 fills holes and removes sprinkles of at most that many low-res (4h×4w) pixels
-    binarized at 0, before masks are scored, as the reference does on GPU (on CPU the reference skips it: no CUDA kernel).
+    binarized at 0, before masks are scored, as the reference does on GPU (on CPU the reference skips it: no
+    CUDA kernel).
     """
 
     def __init__(

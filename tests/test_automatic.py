@@ -39,7 +39,8 @@ CASES = {  # name: (image h, w, options, fewest masks the case must produce to m
     "crops and m2m": (120, 160, dict(mask_threshold=4.0, crop_n_layers=1, crop_overlap_ratio=0.5,
                                      box_nms_thresh=0.95, crop_nms_thresh=0.5, use_m2m=True), 5),
     "small regions": (96, 128, dict(box_nms_thresh=1.0, stability_score_thresh=0.3, min_mask_region_area=40), 20),
-    "small regions and m2m": (96, 128, dict(mask_threshold=3.0, use_m2m=True, box_nms_thresh=0.95, min_mask_region_area=25), 3),
+    "small regions and m2m": (96, 128, dict(mask_threshold=3.0, use_m2m=True, box_nms_thresh=0.95,
+                                            min_mask_region_area=25), 3),
 }
 
 

@@ -62,13 +62,18 @@ class ImagePredictor:
     def set_image(self, image: np.ndarray) -> None:
         """Embed an H×W×3 uint8 RGB image."""
         image = validate_rgb(image)
-        self._orig_hw = image.shape[:2]
         with forward(self.model.device):
             x = preprocess_image(image, self.image_size).to(self.model.device)
             features = self.model.encode_image(x)
-            # the model saw "no memory" frames this way during training
-            features.embedding = features.embedding + self.model.no_mem_embed.view(1, -1, 1, 1)
-        self._features = features
+        self.set_features(features, image.shape[:2])
+
+    def set_features(self, features: FrameFeatures, image_hw: tuple[int, int]) -> None:
+        """Use an embedding computed elsewhere (`SAM2.encode_image` of one H×W image, e.g. a cached video
+        frame) instead of embedding the image again."""
+        # the model saw "no memory" frames this way during training
+        embedding = features.embedding + self.model.no_mem_embed.view(1, -1, 1, 1)
+        self._features = FrameFeatures(embedding, features.pos, features.high_res)
+        self._orig_hw = (int(image_hw[0]), int(image_hw[1]))
 
     def reset(self) -> None:
         self._features, self._orig_hw = None, None
@@ -94,24 +99,47 @@ class ImagePredictor:
         -> masks C×H×W (bool, or float logits with return_logits), iou_scores C, low_res_logits C×256×256;
         with B boxes each gets a leading B dimension. C = 3 with multimask_output, else 1.
         """
-        features = self._require_image()
+        self._require_image()
         coords, labels = self._prompt_points(point_coords, point_labels, box)
         mask = self._mask_input(mask_input, batch=1 if coords is None else coords.shape[0])
-        device = self.model.device
-        with forward(device):
-            multimasks, ious, _, _ = self.model.decode(
-                features.embedding, features.high_res,
-                None if coords is None else coords.to(device),
-                None if labels is None else labels.to(device),
-                None if mask is None else mask.to(device),
-                multimask_output,
-            )
-        masks = F.interpolate(multimasks.float(), size=self._orig_hw, mode="bilinear", align_corners=False)
-        low_res = multimasks.float().clamp(-32.0, 32.0)
+        multimasks, ious = self.predict_torch(coords, labels, mask, multimask_output)
+        masks = self.upscale(multimasks)
+        low_res = multimasks.clamp(-32.0, 32.0)
         if not return_logits:
             masks = masks > self.mask_threshold
         squeeze = lambda t: t.squeeze(0).cpu().numpy() if t.shape[0] == 1 else t.cpu().numpy()  # noqa: E731
         return squeeze(masks), squeeze(ious.float()), squeeze(low_res)
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        coords: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batched, unchecked prompts on the current image (B prompts through the decoder only).
+
+        coords B×N×2 in model-input pixels (see `input_coords`), labels B×N, mask_input B×1×4h×4w logits.
+        -> (low-res logits B×C×4h×4w float32, unclamped; ious B×C float32).
+        """
+        features = self._require_image()
+        device = self.model.device
+        to = lambda t: None if t is None else t.to(device)  # noqa: E731
+        with forward(device):
+            multimasks, ious, _, _ = self.model.decode(features.embedding, features.high_res, to(coords),
+                                                       to(labels), to(mask_input), multimask_output)
+        return multimasks.float(), ious.float()
+
+    def input_coords(self, xy: torch.Tensor) -> torch.Tensor:
+        """Pixel coordinates (...×2, x then y) of the current image -> model-input pixels."""
+        self._require_image()
+        return self.model.input_coords(xy, self._orig_hw)
+
+    def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
+        """B×C×4h×4w low-res logits -> B×C×H×W logits at the current image's size (bilinear)."""
+        self._require_image()
+        return F.interpolate(low_res.float(), size=self._orig_hw, mode="bilinear", align_corners=False)
 
     # ------------------------------------------------------------------ validation
     def _require_image(self) -> FrameFeatures:

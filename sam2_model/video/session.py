@@ -177,6 +177,20 @@ class VideoSession:
             self._features(frame_idx)
             return True
 
+    def frame_features(self, frame_idx: int) -> FrameFeatures:
+        """`frame_idx`'s image features (batch 1), computed once and cached like every frame's."""
+        with self._lock, self._forward():
+            self._check_open()
+            self._check_frame(frame_idx)
+            return self._features(frame_idx)
+
+    def discover(self, generator, frame_idx: int, ids, max_overlap: float = 0.5, max_objects: int = 50) -> list:
+        """Add as new objects the automatic masks on `frame_idx` that present objects do not cover
+        (`sam2_model.video.discovery.discover`)."""
+        from .discovery import discover
+
+        return discover(self, generator, frame_idx, ids, max_overlap, max_objects)
+
     def clear_prompts(self, frame_idx: int, obj_id: Hashable) -> FrameResult:
         """Remove `obj_id`'s prompts on `frame_idx`; its output there becomes an ordinary tracked one."""
         with self._lock:

@@ -7,6 +7,8 @@
   object comes back as a brush (or bitmask) region on every frame where it is seen.
 - single image: SAM 2 image mode, one mask region per object.
 A mask the user gave as the only prompt of a frame comes back on that frame exactly as given.
+Images and image sequences: the backend's own masks, accepted in the editor, are recognised and the prompts
+they came from put back (answers.py); the answer reuses the accepted regions' ids, so Accept replaces them.
 Tracking work is bounded by `deadline` (see tracking.Tracker); what was not reached is left out.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from sam2_model import ImagePredictor
 from sam2_model.video.predictor import VideoPredictor
 
+from .answers import AnswerMemory, reuse_ids
 from .labelconfig import LabelConfig
 from .media import MediaError, MediaFetcher, load_image, validate_image
 from .prompts import FramePrompt, PromptError, image_prompts, video_prompts
@@ -84,6 +87,7 @@ class TaskPredictor:
         max_frames: int,
         box_tolerance_px: float,
         model_version: str,
+        answers: AnswerMemory | None = None,
     ):
         self.video_predictor = video_predictor
         self.image_predictor = image_predictor
@@ -92,13 +96,22 @@ class TaskPredictor:
         self.max_frames = max_frames
         self.box_tolerance_px = box_tolerance_px
         self.model_version = model_version
+        self.answers = AnswerMemory() if answers is None else answers
 
     def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float) -> dict:
         """The prediction for `task` from `regions` (prompts); empty when they hold no prompt."""
         if not has_prompt_regions(regions, config):
             return prediction([], model_version=self.model_version)
-        kind = {"video": self._video, "image_sequence": self._sequence, "image": self._image}[config.kind]
-        return prediction(kind(task, config, regions, deadline), model_version=self.model_version)
+        if config.kind == "video":
+            return prediction(self._video(task, config, regions, deadline), model_version=self.model_version)
+        key = task.get("id")
+        regions, ids = self.answers.recognise(key, regions, config)
+        objects: list = []
+        answered: list[tuple[int, str, int, np.ndarray]] = []  # (position in the result, key, frame, mask)
+        images = self._sequence if config.kind == "image_sequence" else self._image
+        result = reuse_ids(images(task, config, regions, deadline, objects, answered), ids)
+        self.answers.remember(key, objects, [(result[i], k, f, m) for i, k, f, m in answered])
+        return prediction(result, model_version=self.model_version)
 
     # -- video --------------------------------------------------------------------------------------
 
@@ -153,7 +166,9 @@ class TaskPredictor:
 
     # -- image sequence -----------------------------------------------------------------------------
 
-    def _sequence(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _sequence(self, task, config: LabelConfig, regions, deadline: float, objects: list, answered: list
+                  ) -> list[dict]:
+        """Masks of every object on every frame; `objects` and `answered` are filled (see predict)."""
         refs = config.media(task["data"])
         paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
 
@@ -170,7 +185,7 @@ class TaskPredictor:
         with self.store.use(key, open_sequence, Tracker.nbytes) as entry:
             tracker: Tracker = entry.value
             height, width = tracker.session.frame_size
-            objects = image_prompts(regions, config, [(width, height)] * tracker.frame_count)
+            objects[:] = image_prompts(regions, config, [(width, height)] * tracker.frame_count)
             if not objects:
                 return []
             tracker.set_prompts(objects, self.max_frames)
@@ -183,6 +198,7 @@ class TaskPredictor:
                     mask = given.get((obj_id, result.frame_idx))
                     mask = result.masks[i] if mask is None else mask
                     if mask.any():
+                        answered.append((len(out), obj_id, result.frame_idx, mask))
                         out.append(mask_to_region(
                             config, mask, region_id=f"{obj_id}_{result.frame_idx}", labels=labels[obj_id],
                             item_index=result.frame_idx, score=_sigmoid(float(result.object_scores[i])),
@@ -191,7 +207,9 @@ class TaskPredictor:
 
     # -- single image -------------------------------------------------------------------------------
 
-    def _image(self, task, config: LabelConfig, regions, deadline: float) -> list[dict]:
+    def _image(self, task, config: LabelConfig, regions, deadline: float, objects: list, answered: list
+               ) -> list[dict]:
+        """One mask per object; `objects` and `answered` are filled (see predict)."""
         ref = config.media(task["data"])
         path = self.fetcher.fetch(ref, task.get("id"), validate_image, "image")
 
@@ -203,7 +221,7 @@ class TaskPredictor:
 
         with self.store.use(("image", ref), embed, EmbeddedImage.nbytes) as entry:
             predictor, width, height = entry.value.predictor, entry.value.width, entry.value.height
-            objects = image_prompts(regions, config, [(width, height)])
+            objects[:] = image_prompts(regions, config, [(width, height)])
             out = []
             for o in objects:
                 fp = o.frames[0]
@@ -211,6 +229,7 @@ class TaskPredictor:
                 if mask is None:
                     mask, score = self._image_mask(predictor, fp)
                 if mask.any():
+                    answered.append((len(out), o.key, 0, mask))
                     out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o.label),
                                               score=score, parent_id=o.key))
         return out

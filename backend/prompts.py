@@ -86,6 +86,8 @@ class ObjectPrompts:
         whose value has framesCount, duration, labels, sequence).
     user_keyframes: video only, the user's own sequence items verbatim (enabled or not), to be
         passed back to `results.masklet_to_videorectangle`.
+    sources: images only, the keypoint and rectangle regions that prompt the object (answers.py remembers
+        them: the editor deletes them on Accept).
     """
 
     key: str
@@ -93,6 +95,7 @@ class ObjectPrompts:
     frames: list[FramePrompt] = field(default_factory=list)
     region: dict | None = None
     user_keyframes: list[dict] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)
 
     def at(self, frame: int) -> FramePrompt:
         """The FramePrompt of `frame`, created (in sorted place) if missing."""
@@ -354,7 +357,9 @@ def image_prompts(
             keypoints.append((pos, region, frame, point, label))
         elif typ == "rectanglelabels":
             box = rect_to_box(region.get("value") or {}, width, height, what)
-            fp = introduce(key, label, pos, region).at(frame)
+            obj = introduce(key, label, pos, region)
+            obj.sources.append(dict(region))
+            fp = obj.at(frame)
             if fp.box is not None:
                 raise PromptError(f"{what}: object {key} already has a box on frame {frame}")
             fp.box = box
@@ -377,7 +382,9 @@ def image_prompts(
             inside = [a.key for a in areas if a.label == label and a.frame == frame and a.contains(x, y)]
             earlier = sorted((p, k) for k, (p, lab) in introduced.items() if lab == label and p < pos)
             key = inside[-1] if inside else earlier[-1][1] if earlier else region.get("id")
-        fp = introduce(str(key), label, pos, region).at(frame)
+        obj = introduce(str(key), label, pos, region)
+        obj.sources.append(dict(region))
+        fp = obj.at(frame)
         fp.points.append((x, y))
         fp.point_labels.append(1 if _is_positive(region) else 0)
 

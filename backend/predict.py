@@ -10,6 +10,8 @@ A mask the user gave as the only prompt of a frame comes back on that frame exac
 Interactive answers hold only the objects of the regions in context.result (`named`): the other regions of
 the task's draft may be stale copies of what the user sees, or deleted since. Every returned region is marked
 origin "prediction" (Label Studio then does not take it for the user's own drawing).
+Images and image sequences: the backend's own masks, accepted in the editor, are recognised and the prompts
+they came from put back (answers.py); the answer reuses the accepted regions' ids, so Accept replaces them.
 Tracking work is bounded by `deadline` (see tracking.Tracker); what was not reached is left out.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sam2_model import ImagePredictor
 from sam2_model.video.predictor import VideoPredictor
 
 from .frametime import FrameMap, regions_frames_count
+from .answers import AnswerMemory, reuse_ids
 from .labelconfig import LabelConfig
 from .media import MediaError, MediaFetcher, load_image, validate_image
 from .prompts import FramePrompt, ObjectPrompts, PromptError, image_prompts, video_prompts
@@ -69,7 +72,9 @@ def named_regions(context: Mapping[str, Any] | None) -> set[str] | None:
 
 def _wanted(objects: Sequence[ObjectPrompts], named: set[str] | None) -> list[ObjectPrompts]:
     """The objects an answer returns: all, or those holding a prompt of a `named` region."""
-    return list(objects) if named is None else [o for o in objects if o.sources & named]
+    if named is None:
+        return list(objects)
+    return [o for o in objects if {str(r.get("id")) for r in o.sources} & named]
 
 
 def _mask_only(fp: FramePrompt | None) -> np.ndarray | None:
@@ -105,6 +110,7 @@ class TaskPredictor:
         max_frames: int,
         box_tolerance_px: float,
         model_version: str,
+        answers: AnswerMemory | None = None,
     ):
         self.video_predictor = video_predictor
         self.image_predictor = image_predictor
@@ -113,6 +119,7 @@ class TaskPredictor:
         self.max_frames = max_frames
         self.box_tolerance_px = box_tolerance_px
         self.model_version = model_version
+        self.answers = AnswerMemory() if answers is None else answers
 
     def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float,
                 named: set[str] | None = None) -> dict:
@@ -120,8 +127,16 @@ class TaskPredictor:
         only the objects of these region ids (interactive: `named_regions(context)`); None: all."""
         if not has_prompt_regions(regions, config):
             return prediction([], model_version=self.model_version)
-        kind = {"video": self._video, "image_sequence": self._sequence, "image": self._image}[config.kind]
-        results = kind(task, config, regions, deadline, named)
+        if config.kind == "video":
+            results = self._video(task, config, regions, deadline, named)
+        else:
+            key = task.get("id")
+            regions, ids = self.answers.recognise(key, regions, config)
+            objects: list = []
+            answered: list[tuple[int, str, int, np.ndarray]] = []  # (position in the result, key, frame, mask)
+            images = self._sequence if config.kind == "image_sequence" else self._image
+            results = reuse_ids(images(task, config, regions, deadline, named, objects, answered), ids)
+            self.answers.remember(key, objects, [(results[i], k, f, m) for i, k, f, m in answered])
         for region in results:
             region["origin"] = "prediction"
         return prediction(results, model_version=self.model_version)
@@ -179,7 +194,9 @@ class TaskPredictor:
 
     # -- image sequence -----------------------------------------------------------------------------
 
-    def _sequence(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
+    def _sequence(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None,
+                  objects: list, answered: list) -> list[dict]:
+        """Masks of the wanted objects on every frame; `objects` and `answered` are filled (see predict)."""
         refs = config.media(task["data"])
         paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
 
@@ -196,7 +213,7 @@ class TaskPredictor:
         with self.store.use(key, open_sequence, Tracker.nbytes) as entry:
             tracker: Tracker = entry.value
             height, width = tracker.session.frame_size
-            objects = image_prompts(regions, config, [(width, height)] * tracker.frame_count)
+            objects[:] = image_prompts(regions, config, [(width, height)] * tracker.frame_count)
             if not objects:
                 return []
             tracker.set_prompts(objects, self.max_frames)
@@ -211,6 +228,7 @@ class TaskPredictor:
                     mask = given.get((obj_id, result.frame_idx))
                     mask = result.masks[i] if mask is None else mask
                     if mask.any():
+                        answered.append((len(out), obj_id, result.frame_idx, mask))
                         out.append(mask_to_region(
                             config, mask, region_id=f"{obj_id}_{result.frame_idx}", labels=labels[obj_id],
                             item_index=result.frame_idx, score=_sigmoid(float(result.object_scores[i])),
@@ -219,7 +237,9 @@ class TaskPredictor:
 
     # -- single image -------------------------------------------------------------------------------
 
-    def _image(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
+    def _image(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None,
+               objects: list, answered: list) -> list[dict]:
+        """One mask per wanted object; `objects` and `answered` are filled (see predict)."""
         ref = config.media(task["data"])
         path = self.fetcher.fetch(ref, task.get("id"), validate_image, "image")
 
@@ -231,7 +251,7 @@ class TaskPredictor:
 
         with self.store.use(("image", ref), embed, EmbeddedImage.nbytes) as entry:
             predictor, width, height = entry.value.predictor, entry.value.width, entry.value.height
-            objects = image_prompts(regions, config, [(width, height)])
+            objects[:] = image_prompts(regions, config, [(width, height)])
             out = []
             for o in _wanted(objects, named):
                 fp = o.frames[0]
@@ -239,6 +259,7 @@ class TaskPredictor:
                 if mask is None:
                     mask, score = self._image_mask(predictor, fp)
                 if mask.any():
+                    answered.append((len(out), o.key, 0, mask))
                     out.append(mask_to_region(config, mask, region_id=f"{o.key}_mask", labels=_labels(config, o),
                                               score=score, parent_id=o.key))
         return out

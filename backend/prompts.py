@@ -87,8 +87,9 @@ class ObjectPrompts:
         whose value has framesCount, duration, labels, sequence).
     user_keyframes: video only, the user's own sequence items verbatim (enabled or not), to be
         passed back to `results.masklet_to_videorectangle`.
-    sources: ids of the regions whose prompts the object holds (an interactive answer returns the objects
-        of context.result's regions only).
+    sources: the regions (copies) whose prompts the object holds: an interactive answer returns the objects of
+        context.result's regions only (predict._wanted), and answers.py remembers the keypoints and rectangles
+        (the editor deletes them on Accept).
     """
 
     key: str
@@ -96,7 +97,7 @@ class ObjectPrompts:
     frames: list[FramePrompt] = field(default_factory=list)
     region: dict | None = None
     user_keyframes: list[dict] = field(default_factory=list)
-    sources: set[str] = field(default_factory=set)
+    sources: list[dict] = field(default_factory=list)
 
     def at(self, frame: int) -> FramePrompt:
         """The FramePrompt of `frame`, created (in sorted place) if missing."""
@@ -254,7 +255,7 @@ def video_prompts(
         value = region.get("value") or {}
         labels = value.get("labels") or []
         obj = ObjectPrompts(str(region.get("id")), labels[0] if labels else None, region=dict(region),
-                            sources={str(region.get("id"))})
+                            sources=[dict(region)])
         for item in value.get("sequence") or []:
             if is_computed_keyframe(item):
                 continue
@@ -350,7 +351,7 @@ def image_prompts(
             return None
         if key not in objects:
             objects[key] = ObjectPrompts(key, label, region=dict(region))
-        objects[key].sources.add(str(region.get("id")))
+        objects[key].sources.append(dict(region))
         return objects[key]
 
     for pos, region in enumerate(regions):
@@ -367,7 +368,8 @@ def image_prompts(
             keypoints.append((pos, region, frame, point, label))
         elif typ == "rectanglelabels":
             box = rect_to_box(region.get("value") or {}, width, height, what)
-            fp = introduce(key, label, pos, region).at(frame)
+            obj = introduce(key, label, pos, region)
+            fp = obj.at(frame)
             if fp.box is not None:
                 raise PromptError(f"{what}: object {key} already has a box on frame {frame}")
             fp.box = box
@@ -390,7 +392,8 @@ def image_prompts(
             inside = [a.key for a in areas if a.label == label and a.frame == frame and a.contains(x, y)]
             earlier = sorted((p, k) for k, (p, lab) in introduced.items() if lab == label and p < pos)
             key = inside[-1] if inside else earlier[-1][1] if earlier else region.get("id")
-        fp = introduce(str(key), label, pos, region).at(frame)
+        obj = introduce(str(key), label, pos, region)
+        fp = obj.at(frame)
         fp.points.append((x, y))
         fp.point_labels.append(1 if _is_positive(region) else 0)
 

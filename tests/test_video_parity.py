@@ -1,9 +1,11 @@
 """Video parity with the reference SAM2VideoPredictor on the same random-weight checkpoint (float32).
 
 The reference is configured with add_all_frames_to_correct_as_cond=True (a correction click on a tracked frame
-becomes a prompted frame, as in our engine) and fill_hole_area=0 (its CUDA-only hole filling is skipped on CPU
-anyway). Its float32 crash on prompts "from the future" is patched by up-casting memories to float32, which is
-what its own concatenation does whenever a float32 object pointer is present.
+becomes a prompted frame, as in our engine; tests/test_video_corrections.py shows Meta's default) and keeps its
+default fill_hole_area=8, its CUDA-only connected components supplied by the kernel's stand-in (oracle_cc).
+Its float32 crash on prompts "from the future" is patched by up-casting memories to float32, which is what its
+own concatenation does whenever a float32 object pointer is present. Results are compared as float32 here;
+tests/test_video_parity_long.py runs the shipped float16 results on a longer H.264 clip.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from oracle import build_reference, randomize_, save_official_checkpoint
+from oracle_cc import reference_extension
 from sam2_model import custom_config, load_model
 from sam2_model.video.predictor import VideoPredictor
 
@@ -41,16 +44,24 @@ def setup(tmp_path_factory):
     folder.mkdir()
     for i, frame in enumerate(smooth_frames(NUM_FRAMES, seed=3)):
         Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+    ref, path = build_pair_reference(CFG, tmp)
+    ours = VideoPredictor(load_model(path, config=CFG), results_dtype=torch.float32)
+    with reference_extension():
+        yield ref, ours, str(folder)
+
+
+def build_pair_reference(cfg, tmp, **model_kwargs):
+    """The reference video predictor with random weights (objects mostly present), and its checkpoint."""
     torch.manual_seed(0)
-    ref = build_reference(CFG, video=True, add_all_frames_to_correct_as_cond=True, fill_hole_area=0)
+    ref = build_reference(cfg, video=True, **{"add_all_frames_to_correct_as_cond": True, **model_kwargs})
+    assert ref.fill_hole_area == 8
     randomize_(ref, seed=7)
     ref.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.data.fill_(1.0)  # objects mostly present
     ref.eval()
     patch_reference_memory_dtype(ref)
-    path = tmp / "parity.pt"
+    path = tmp / f"{cfg.name}.pt"
     save_official_checkpoint(ref.state_dict(), path)
-    ours = VideoPredictor(load_model(path, config=CFG), results_dtype=torch.float32)
-    return ref, ours, str(folder)
+    return ref, path
 
 
 def patch_reference_memory_dtype(ref) -> None:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .gate import forward
+from .postprocess import clean_masks
 from .prompts import check_boxes, check_points
 from .sam2 import SAM2, FrameFeatures
 
@@ -46,11 +47,22 @@ def validate_rgb(image: object) -> np.ndarray:
 
 
 class ImagePredictor:
-    """SAM 2 image mode. The embedding is computed once per image and reused by every `predict` call."""
+    """SAM 2 image mode. The embedding is computed once per image and reused by every `predict` call.
 
-    def __init__(self, model: SAM2, mask_threshold: float = 0.0):
+    max_hole_area / max_sprinkle_area: before the masks are upscaled, background regions (holes) and
+    foreground regions (sprinkles) of the low-res masks of at most that many pixels (8-connected) are flipped,
+    as in the reference predictor; 0 (the default, as there) turns a step off. low_res_logits stay raw.
+    """
+
+    def __init__(self, model: SAM2, mask_threshold: float = 0.0, max_hole_area: float = 0.0,
+                 max_sprinkle_area: float = 0.0):
+        for name, value in (("max_hole_area", max_hole_area), ("max_sprinkle_area", max_sprinkle_area)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         self.model = model
         self.mask_threshold = mask_threshold
+        self.max_hole_area = max_hole_area
+        self.max_sprinkle_area = max_sprinkle_area
         self._features: FrameFeatures | None = None
         self._orig_hw: tuple[int, int] | None = None
 
@@ -103,7 +115,8 @@ class ImagePredictor:
         coords, labels = self._prompt_points(point_coords, point_labels, box)
         mask = self._mask_input(mask_input, batch=1 if coords is None else coords.shape[0])
         multimasks, ious = self.predict_torch(coords, labels, mask, multimask_output)
-        masks = self.upscale(multimasks)
+        cleaned = clean_masks(multimasks, self.mask_threshold, self.max_hole_area, self.max_sprinkle_area)
+        masks = self.upscale(cleaned)
         low_res = multimasks.clamp(-32.0, 32.0)
         if not return_logits:
             masks = masks > self.mask_threshold

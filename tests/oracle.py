@@ -4,18 +4,21 @@ The reference is built on the CPU with random weights, either from its own yaml 
 (`build_reference("sam2.1_hiera_tiny")`) or from one of our configs, small ones included, through hydra
 overrides (`build_reference_custom(custom_config(...))`). `randomize_` then gives every parameter a
 deterministic, non-degenerate value so that a strict state-dict copy into our model exercises all of it.
-`ReferenceImagePredictor` runs the reference's image-predictor steps (for parity tests and bench/).
+`ReferenceImagePredictor` runs the reference's image-predictor steps (for parity tests and bench/), its mask
+post-processing included (`oracle_cc.reference_extension` supplies the CUDA extension that needs).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import sys
+import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sam2_model.configs import SAM2Config, get_config
@@ -231,12 +234,46 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-class ReferenceImagePredictor:
-    """The reference SAM2ImagePredictor's steps, on the reference model's own methods (its module imports
-    torchvision, which the CPU test environment lacks). Input preprocessing is shared with ours."""
+@functools.cache
+def reference_transforms_class() -> type:
+    """The reference's `SAM2Transforms` (its mask post-processing), imported without torchvision: the module
+    imports three torchvision transforms that only its constructor uses, so placeholders stand in for them
+    during the import when torchvision is absent (and are removed again)."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        stub = types.ModuleType("torchvision")
+        stub.transforms = types.ModuleType("torchvision.transforms")
+        for name in ("Normalize", "Resize", "ToTensor"):
+            setattr(stub.transforms, name, type(name, (), {}))
+        sys.modules.update({"torchvision": stub, "torchvision.transforms": stub.transforms})
+        try:
+            from sam2.utils.transforms import SAM2Transforms
+        finally:
+            sys.modules.pop("torchvision", None)
+            sys.modules.pop("torchvision.transforms", None)
+    else:
+        from sam2.utils.transforms import SAM2Transforms
+    return SAM2Transforms
 
-    def __init__(self, ref, image: np.ndarray):
+
+def reference_postprocess_masks(low_res: torch.Tensor, orig_hw: tuple[int, int], mask_threshold: float = 0.0,
+                                max_hole_area: float = 0.0, max_sprinkle_area: float = 0.0) -> torch.Tensor:
+    """The reference's `SAM2Transforms.postprocess_masks` (hole filling, sprinkle removal, upscaling to the
+    image) on B×C×h×w low-res logits, run unbound on the attributes it reads."""
+    attrs = types.SimpleNamespace(mask_threshold=mask_threshold, max_hole_area=max_hole_area,
+                                  max_sprinkle_area=max_sprinkle_area)
+    return reference_transforms_class().postprocess_masks(attrs, low_res, orig_hw)
+
+
+class ReferenceImagePredictor:
+    """The reference SAM2ImagePredictor's steps, on the reference model's own methods and the reference's own
+    mask post-processing (its predictor module imports torchvision, which the CPU test environment lacks).
+    Input preprocessing is shared with ours."""
+
+    def __init__(self, ref, image: np.ndarray, max_hole_area: float = 0.0, max_sprinkle_area: float = 0.0):
         self.ref = ref
+        self.max_hole_area, self.max_sprinkle_area = max_hole_area, max_sprinkle_area
         self.orig_hw = image.shape[:2]
         x = preprocess_image(image, ref.image_size)
         backbone_out = ref.forward_image(x)
@@ -266,7 +303,7 @@ class ReferenceImagePredictor:
             image_embeddings=self.embed, image_pe=self.ref.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output,
             repeat_image=points is not None and points[0].shape[0] > 1, high_res_features=self.high_res)
-        full = F.interpolate(low_res, self.orig_hw, mode="bilinear", align_corners=False)
+        full = reference_postprocess_masks(low_res, self.orig_hw, 0.0, self.max_hole_area, self.max_sprinkle_area)
         # like the reference: drop the batch dimension only for a single prompt
         return full.squeeze(0).numpy(), iou.squeeze(0).numpy(), low_res.clamp(-32, 32).squeeze(0).numpy()
 

@@ -2,12 +2,16 @@
 checkpoint; image-encoder features, low-res logits and IoU scores must agree within 1e-4 (float32)."""
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from oracle import ReferenceImagePredictor, build_reference, randomize_, save_official_checkpoint
+from oracle_cc import reference_extension
 from sam2_model import ImagePredictor, load_model
 
 TOL = 1e-4
@@ -92,6 +96,29 @@ def test_mask_input_matches(pair):
     diffs = [max_diff(ref_low, low2), max_diff(ref_iou, iou2), max_diff(ref_low_m, low_m), max_diff(ref_iou_m, iou_m)]
     print(f"mask input max abs diff: {max(diffs):.2e}")
     assert max(diffs) <= TOL
+
+
+@pytest.mark.parametrize("holes, sprinkles", [(40, 0), (0, 40), (100, 100)])
+def test_hole_and_sprinkle_removal_match(pair, holes, sprinkles):
+    """max_hole_area / max_sprinkle_area: ours vs the reference's own post-processing (its connected
+    components from the CUDA kernel's stand-in, oracle_cc)."""
+    reference, ours = pair
+    kwargs = dict(point_coords=[[200.0, 150.0], [320.0, 240.0]], point_labels=[1, 0])
+    cleaned, filtered = copy.copy(ours), copy.copy(reference)  # the same embedded image
+    for predictor in (cleaned, filtered):
+        predictor.max_hole_area, predictor.max_sprinkle_area = holes, sprinkles
+    with torch.inference_mode(), reference_extension(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # the reference warns when it skips post-processing
+        ref_full, _, ref_low = filtered.predict(**kwargs)
+        logits, _, low = cleaned.predict(**kwargs, return_logits=True)
+        raw, _, _ = ours.predict(**kwargs, return_logits=True)
+    changed = int(((logits > 0) != (raw > 0)).sum())
+    assert changed > 0, "post-processing changed nothing: the comparison would prove nothing"
+    assert max_diff(ref_low, low) <= TOL and np.array_equal(low, ours.predict(**kwargs)[2])  # low_res stays raw
+    assert max_diff(ref_full, logits) <= TOL
+    decided = np.abs(ref_full) > 1e-3
+    assert np.array_equal((logits > 0)[decided], (ref_full > 0)[decided])
+    print(f"holes {holes}, sprinkles {sprinkles}: {changed} mask pixels changed")
 
 
 def test_batched_boxes_match(pair):

@@ -1,7 +1,8 @@
 """A video segmentation session: prompts on any frame, immediate masks there, propagation into masklets.
 
 Semantics follow the reference SAM 2 video predictor (configured so that every prompted frame, also a
-correction on an already tracked frame, becomes a conditioning frame), with serving-grade resources: frames
+correction on an already tracked frame, becomes a conditioning frame; holes of up to `fill_hole_area` pixels
+in the low-res masks are filled as the reference's default does), with serving-grade resources: frames
 are decoded on demand, image features live in a byte-bounded LRU, spatial memories are kept only while the
 memory bank can still use them, results are stored as half-precision low-res logits, and all objects that
 need tracking on a frame go through memory attention, decoder and memory encoder in one batch.
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..gate import forward
-
+from ..postprocess import fill_holes
 from ..prompts import check_boxes, check_points
 from ..sam2 import NO_OBJECT_LOGIT, SAM2, FrameFeatures, MaskPrediction
 from .feature_cache import FeatureCache
@@ -103,11 +104,13 @@ class VideoSession:
         dtype: torch.dtype = torch.float32,
         feature_cache_bytes: int = 512 << 20,
         results_dtype: torch.dtype = torch.float16,
+        fill_hole_area: int = 8,
     ):
         self.model = model
         self.frames = frames
         self.dtype = dtype
         self.results_dtype = results_dtype
+        self.fill_hole_area = fill_hole_area
         self.features = FeatureCache(feature_cache_bytes)
         self.objects: dict[Hashable, ObjectState] = {}
         self._lock = threading.RLock()
@@ -340,7 +343,9 @@ class VideoSession:
             mask_input = prev.low_res.float().clamp(-32.0, 32.0) if prev is not None else None
             multimask = prompt.labels.shape[1] <= 1
             pred = self.model.predict_masks(pix, feats.high_res, prompt.coords, prompt.labels, mask_input, multimask)
-        return FrameOutput(pred.low_res.float(), pred.object_score.float(), pred.obj_ptr.float())
+        # holes are filled in the output, which is also what the memory is encoded from (`_commit_prompts`)
+        low_res = fill_holes(pred.low_res.float(), self.fill_hole_area)
+        return FrameOutput(low_res, pred.object_score.float(), pred.obj_ptr.float())
 
     def _commit_prompts(self) -> None:
         """Encode the memories of freshly prompted frames; they become conditioning frames."""
@@ -381,9 +386,10 @@ class VideoSession:
                                                from_clicks=False)
         memory = memory.to(torch.bfloat16)
         self._mem_pos = pos[:1]
+        low_res = fill_holes(pred.low_res, self.fill_hole_area)  # after the memory: it is encoded unfilled
         for i, obj in enumerate(objs):
             obj.tracked[frame] = FrameOutput(
-                low_res=pred.low_res[i:i + 1].to(self.results_dtype),
+                low_res=low_res[i:i + 1].to(self.results_dtype),
                 object_score=pred.object_score[i:i + 1].float(),
                 obj_ptr=pred.obj_ptr[i:i + 1].float(),
                 memory=memory[i:i + 1].clone(),

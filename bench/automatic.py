@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
-from common import (DEFAULT_CACHE, environment, interleaved, load_ours, load_reference, loadavg, median,
-                    print_table, ratio, reference_checkpoint, set_threads, write_json)
+from common import (environment, image_arguments, interleaved, load_ours, load_reference, loadavg, median,
+                    print_table, ratio, reference_checkpoint, set_threads, synthetic_image, write_json)
 
 LOOSE = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.9, mask_threshold=0.0)
 
@@ -48,24 +47,16 @@ def bench_config(name: str, image, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="sam2.1_hiera_tiny", help="comma-separated official config names")
-    parser.add_argument("--image-size", default="480x640", help="HxW of the test image")
+    image_arguments(parser, "480x640")
     parser.add_argument("--points-per-side", type=int, default=16)
     parser.add_argument("--points-per-batch", type=int, default=64)
     parser.add_argument("--crop-n-layers", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
     args = parser.parse_args()
-
-    from sam2_model.train.synthetic import generate_clip
 
     threads = set_threads(args.threads)
     env = environment(threads)
-    h, w = (int(v) for v in args.image_size.lower().split("x"))
-    image = generate_clip(seed=11, num_frames=1, size=(h, w), num_objects=3).frames[0]
+    image, h, w = synthetic_image(args.image_size)
     print(f"automatic masks: ours vs reference, {h}x{w} image, {args.points_per_side}² points, "
           f"crop layers {args.crop_n_layers}, torch threads {threads}, {loadavg()}")
     t0 = time.perf_counter()

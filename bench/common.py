@@ -95,6 +95,25 @@ def load_ours(name: str, checkpoint: Path):
     return load_model(checkpoint, config=name)
 
 
+def image_arguments(parser, image_size: str) -> None:
+    """The options every single-image bench shares: --configs, --image-size, --threads, --warmup, --cache-dir,
+    --json."""
+    parser.add_argument("--configs", default="sam2.1_hiera_tiny", help="comma-separated official config names")
+    parser.add_argument("--image-size", default=image_size, help="HxW of the test image")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
+
+
+def synthetic_image(size: str):
+    """A synthetic H×W×3 uint8 image with 3 objects, size "HxW" -> (image, h, w)."""
+    from sam2_model.train.synthetic import generate_clip
+
+    h, w = (int(v) for v in size.lower().split("x"))
+    return generate_clip(seed=11, num_frames=1, size=(h, w), num_objects=3).frames[0], h, w
+
+
 def interleaved(cases: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, dict[str, list]]:
     """Wall and CPU seconds per call of each case: `warmup` untimed rounds, then `repeats` timed rounds in which
     the cases take turns (the order is reversed every other round, so slow drifts of the machine hit all alike).

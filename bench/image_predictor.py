@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
-from common import (DEFAULT_CACHE, environment, interleaved, load_ours, load_reference, loadavg, median,
-                    print_table, ratio, reference_checkpoint, set_threads, write_json)
+from common import (environment, image_arguments, interleaved, load_ours, load_reference, loadavg, median,
+                    print_table, ratio, reference_checkpoint, set_threads, synthetic_image, write_json)
 
 PROMPTS = {  # pixel coordinates on a 1280×720 image (scaled for other sizes)
     "1 point, multimask": dict(point_coords=[[640.0, 360.0]], point_labels=[1], multimask_output=True),
@@ -72,22 +71,14 @@ def row(config: str, case: str, times: dict, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="sam2.1_hiera_tiny", help="comma-separated official config names")
-    parser.add_argument("--image-size", default="720x1280", help="HxW of the test image")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    image_arguments(parser, "720x1280")
     parser.add_argument("--encoder-repeats", type=int, default=5)
     parser.add_argument("--decoder-repeats", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--json", default=None, help="write the numbers to this JSON file")
     args = parser.parse_args()
-
-    from sam2_model.train.synthetic import generate_clip
 
     threads = set_threads(args.threads)
     env = environment(threads)
-    h, w = (int(v) for v in args.image_size.lower().split("x"))
-    image = generate_clip(seed=11, num_frames=1, size=(h, w), num_objects=3).frames[0]
+    image, h, w = synthetic_image(args.image_size)
     print(f"image predictor: ours vs reference, {h}x{w} image, torch threads {threads}, {loadavg()}")
     t0 = time.perf_counter()
     rows = []

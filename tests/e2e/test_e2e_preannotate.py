@@ -136,20 +136,9 @@ def _ours(api, task: int) -> list[dict]:
     return [p for p in api.predictions(task) if p["model_version"] == MODEL_VERSION]
 
 
-def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_path, artifacts):
-    api = label_studio.api
-    project_id, videos = project
-    annotations = {v.task: _annotations(api, v.task) for v in videos.values()}
-    state = tmp_path / "state"
-
-    code, out, killed = _run_cli(label_studio, e2e_checkpoint, state, project_id, "--workers", "2",
-                                 kill_during=videos["long"].task, log=artifacts / "preannotate-run1.log")
-    assert killed, "the long video was tracked before a worker could be killed mid-video"
-    assert code == 1, out  # the broken task failed
-    broken = videos["broken"].task
-    assert f"task {broken}: task media" in out and "not found" in out, out
-
-    journal = Journal(state)
+def _one_complete_prediction_each(api, videos, journal: Journal, project_id: int) -> dict[int, int]:
+    """Assert every prompted task holds exactly one valid prediction of ours covering its whole video (tracked to
+    the end in the journal) and the broken and unprompted tasks none; {task: prediction id}."""
     first_ids = {}
     for video in videos.values():
         ours = _ours(api, video.task)
@@ -164,6 +153,24 @@ def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_p
         row = journal.task(project_id, video.task)
         assert row["frames_done"] == video.frames, f"{video.name}: tracked {row['frames_done']} of {video.frames}"
         first_ids[video.task] = prediction["id"]
+    return first_ids
+
+
+def test_cli_preannotates_a_project(label_studio, project, e2e_checkpoint, tmp_path, artifacts):
+    api = label_studio.api
+    project_id, videos = project
+    annotations = {v.task: _annotations(api, v.task) for v in videos.values()}
+    state = tmp_path / "state"
+
+    code, out, killed = _run_cli(label_studio, e2e_checkpoint, state, project_id, "--workers", "2",
+                                 kill_during=videos["long"].task, log=artifacts / "preannotate-run1.log")
+    assert killed, "the long video was tracked before a worker could be killed mid-video"
+    assert code == 1, out  # the broken task failed
+    broken = videos["broken"].task
+    assert f"task {broken}: task media" in out and "not found" in out, out
+
+    journal = Journal(state)
+    first_ids = _one_complete_prediction_each(api, videos, journal, project_id)
     assert journal.task(project_id, videos["long"].task)["attempts"] == 2  # killed once, then done
 
     code, out, _ = _run_cli(label_studio, e2e_checkpoint, state, project_id, log=artifacts / "preannotate-run2.log")

@@ -14,8 +14,9 @@ import secrets
 import pytest
 
 from backend.preannotate.journal import Journal
-from tests.e2e.projects import VIDEO_CONFIG, prediction_errors
-from tests.e2e.test_e2e_preannotate import _annotations, _ours, _run_cli, project  # noqa: F401 (fixture)
+from tests.e2e.test_e2e_preannotate import (  # noqa: F401 (project: a fixture)
+    _annotations, _one_complete_prediction_each, _ours, _run_cli, project,
+)
 
 pytest.importorskip("ray", reason="the ray engine's optional dependency: pip install -r requirements-ray.txt")
 pytestmark = pytest.mark.e2e
@@ -38,18 +39,7 @@ def test_cli_preannotates_a_project_on_ray(label_studio, project, e2e_checkpoint
     assert "Ray actor died" in out, out  # the killed actor's attempt, logged as retried
 
     journal = Journal(state)
-    first_ids = {}
-    for video in videos.values():
-        ours = _ours(api, video.task)
-        if video.broken or video.name == "unprompted":
-            assert ours == [], f"{video.name}: {ours}"
-            continue
-        assert len(ours) == 1, f"{video.name}: {len(ours)} predictions"
-        (prediction,) = ours
-        assert not prediction_errors(VIDEO_CONFIG, prediction)
-        assert {r["value"]["framesCount"] for r in prediction["result"]} == {video.frames}
-        assert journal.task(project_id, video.task)["frames_done"] == video.frames, video.name
-        first_ids[video.task] = prediction["id"]
+    first_ids = _one_complete_prediction_each(api, videos, journal, project_id)
     assert journal.task(project_id, videos["long"].task)["attempts"] == 2  # killed once, then done
 
     # the rerun: the broken task is given up after one attempt (PREANNOTATE_MAX_ATTEMPTS=1), the others hold

@@ -7,7 +7,8 @@ synthetic clip (sam2_model.train.synthetic, its objects) with a small random-wei
 browser tests, `--seed` weights; random weights give ragged masks, so the RLE sizes are pessimistic), then
 sends the three objects' clicks one request at a time, each with the earlier answers accepted into the draft
 as Label Studio's editor stores them (origin manual, no parentID). Prints per request: regions, response bytes
-and the ratio to the 1 MB target of issue 20. The editor's page-switch time is measured by the browser journey
+and the ratio to the 1 MB target of issue 20 (an answer holds the clicked object only); then the size of one
+object's answer made of smooth masks (an ellipse covering 9% of the frame), as a trained model's would be. The editor's page-switch time is measured by the browser journey
 (tests/e2e/test_editor_journeys.py, artifacts/e2e/journeys.log), not here.
 """
 from __future__ import annotations
@@ -92,6 +93,27 @@ def main() -> None:
             draft = [accepted.pop(r["id"], r) for r in draft] + list(accepted.values())
         print(f"draft after three accepts: {len(draft)} regions, {len(json.dumps(draft))} bytes")
         app.extensions["sam2_backend"].close()
+    smooth_answer_size(args.frames, height, width)
+
+
+def smooth_answer_size(frames: int, height: int, width: int, share: float = 0.09) -> None:
+    """What one object's answer weighs when its masks are smooth, as a trained model's are: an ellipse covering
+    `share` of the frame, moving and turning, encoded by the backend's own brush converter on every frame."""
+    import cv2
+
+    from backend.results import mask_to_brush
+
+    minor = (share * height * width / np.pi / 1.4) ** 0.5  # ellipse area pi·a·b, b = 1.4·a
+    axes = (int(minor), int(1.4 * minor))
+    regions = []
+    for f in range(frames):
+        mask = np.zeros((height, width), np.uint8)
+        cv2.ellipse(mask, (width // 3 + f, height // 2), axes, 3.0 * f, 0, 360, 1, -1)
+        regions.append(mask_to_brush(mask.astype(bool), region_id=f"smooth_{f}", from_name="brush", to_name="frames",
+                                     labels=["A"], item_index=f, score=0.9, parent_id="smooth"))
+    size = len(json.dumps({"results": [{"result": regions, "score": 0.9, "model_version": "9.1"}]}))
+    print(f"smooth masks ({share:.0%} of the frame, ellipse): one object's answer, {frames} regions, {size} bytes, "
+          f"{size / TARGET_BYTES:.2f} of the 1 MB target")
 
 
 if __name__ == "__main__":

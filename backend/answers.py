@@ -1,7 +1,7 @@
 """What the backend answered per task, to recognise its own masks once the user accepted them.
 
 Label Studio 1.23.2's editor (see docs/label-studio-editor.md) turns an accepted suggestion into a draft region
-with origin "manual" and no parentID, and deletes the smart keypoint/rectangle that prompted it. Read as they
+with the suggestion's origin ("prediction", as our answers are marked) and no parentID, and deletes the smart keypoint/rectangle that prompted it. Read as they
 arrive, the accepted masks look like objects the user painted (one object per mask), and a later click of the
 same object arrives without the clicks that made it. For each task the backend therefore remembers:
 - every mask region it answered: region id -> (object key, frame), and the digest of the mask (bool (H, W));
@@ -9,8 +9,9 @@ same object arrives without the clicks that made it. For each task the backend t
 `AnswerMemory.recognise` then rewrites the regions of the next request of that task:
 - a mask region without parentID whose id is one we answered, or whose mask is bit-for-bit one we answered
   on that frame (ids changed), gets the object's key as parentID; unchanged, it is also marked
-  origin "prediction" (our output, not a prompt); edited (same id, other mask) it stays a mask prompt of that
-  object on its frame;
+  origin "prediction" (our output, not a prompt); edited (same id, other mask) it is marked
+  "prediction-changed" (as Label Studio marks an edited prediction) and stays a mask prompt of that object on its
+  frame;
 - the remembered prompts of every object recognised so are put back (those whose id is absent), so a
   negative click after Accept refines the object instead of arriving alone.
 It also says, per (object key, frame), which id the recognised region has, so the next answer reuses it and
@@ -131,7 +132,7 @@ class AnswerMemory:
         for i, r in enumerate(out):
             if r.get("type") not in MASK_TYPES or r.get("to_name") != config.object_name or r.get("parentID"):
                 continue
-            if r.get("origin") == "prediction" or str(r.get("id")) in keys:  # ours as sent, or a user's prompt mask
+            if str(r.get("id")) in keys:  # a user's mask that started an object
                 continue
             frame = _frame(r)
             hit = memory.regions.get(str(r.get("id")))
@@ -143,7 +144,8 @@ class AnswerMemory:
                 key, unchanged = memory.masks[(frame, digest)], True
             else:
                 continue  # the user's own mask
-            out[i] = dict(r, parentID=key, origin="prediction") if unchanged else dict(r, parentID=key)
+            # edited: Label Studio's own mark for a changed prediction, so that it is read as a prompt
+            out[i] = dict(r, parentID=key, origin="prediction" if unchanged else "prediction-changed")
             ids.setdefault((key, frame), str(r.get("id")))
         present = {str(r.get("id")) for r in out if r.get("id") is not None}
         restored = [dict(p) for key in dict.fromkeys(k for k, _ in ids) for p in memory.prompts.get(key, [])

@@ -1,6 +1,7 @@
 """The backend recognises its own accepted suggestions (backend/answers.py).
 
-Label Studio 1.23.2's Accept turns a suggestion into a draft region with origin "manual" and no parentID and
+Label Studio 1.23.2's Accept turns a suggestion into a draft region with the suggestion's origin ("prediction",
+as the backend marks its answers) and no parentID and
 deletes the smart keypoint that prompted it (docs/label-studio-editor.md); `accepted` below does the same to an
 answer. Unit tests on AnswerMemory, then the refinement loop through the HTTP app with a small model.
 """
@@ -49,11 +50,12 @@ def _answer(key: str, frames=range(4), size: int = 10) -> tuple[list[dict], list
 
 
 def accepted(regions: list[dict], rename: bool = False) -> list[dict]:
-    """What Accept leaves in the draft: origin manual, no parentID (ids renamed when `rename`)."""
+    """What Accept leaves in the draft: the answer's origin ("prediction"), no parentID (ids renamed when
+    `rename`)."""
     out = []
     for r in regions:
         r = {k: v for k, v in r.items() if k not in ("parentID", "score")}
-        out.append(dict(r, origin="manual", id=f"ls{r['id']}" if rename else r["id"]))
+        out.append(dict(r, origin=r.get("origin", "manual"), id=f"ls{r['id']}" if rename else r["id"]))
     return out
 
 
@@ -94,9 +96,9 @@ def test_an_edited_accepted_mask_is_a_mask_prompt_of_the_same_object():
     incoming = accepted(answer)
     edited = mask_to_brush(_square(2, size=14), region_id="kp1_2", from_name="brush", to_name="frames",
                            labels=["Car"], item_index=2)
-    incoming[2] = dict(edited, origin="manual")
+    incoming[2] = dict(edited, origin="prediction")  # edited in the editor, the accepted suggestion's origin kept
     regions, _ = memory.recognise(7, incoming, CONFIG)
-    assert regions[1 + 2]["parentID"] == "kp1" and regions[1 + 2]["origin"] == "manual"
+    assert regions[1 + 2]["parentID"] == "kp1" and regions[1 + 2]["origin"] == "prediction-changed"
     (obj,) = image_prompts(regions, CONFIG, SIZES)
     on_2 = obj.at(2)
     assert mask_digest(on_2.mask) == mask_digest(_square(2, size=14))

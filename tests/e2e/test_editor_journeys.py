@@ -217,7 +217,7 @@ def test_b_single_image_click_accept_negative_click_changes_the_mask(page, label
     j.accept()  # the mask becomes a draft region; the editor deletes the smart keypoint
     assert [(r["id"], r["type"]) for r in j.regions()] == [(first["id"], "brushregion")]
     (stored,) = j.draft({first["id"]})  # the id survives; parentID and the keypoint do not
-    assert stored.get("parentID") in (None, "") and stored["origin"] == "manual"
+    assert stored.get("parentID") in (None, "") and stored["origin"] == "prediction"  # the suggestion's origin
     np.testing.assert_array_equal(_mask(stored), _mask(first))
     j.shot("accepted")
 
@@ -315,7 +315,7 @@ def test_a_sequence_click_accept_click_again_one_object(page, label_studio, trac
     saved = j.submit()
     assert sorted(r["item_index"] for r in saved) == frames  # one mask per frame, the object's
     assert {r["id"] for r in saved} == {r["id"] for r in first}
-    assert all(r["origin"] == "manual" and r.get("parentID") in (None, "") for r in saved)
+    assert all(r["origin"] == "prediction" and r.get("parentID") in (None, "") for r in saved)
     j.shot("submitted")
 
     def keypoint(rid: str, xy: tuple[int, int], positive: bool) -> dict:

@@ -103,9 +103,10 @@ def test_video_changed_behind_the_same_url(make_faulty_client, ls, tmp_path):
     ls.add(path, h264_bytes(tmp_path, n=8))  # same URL, other bytes
     second = client.post("/predict", json=body).get_json()
     assert first == second and first["results"][0]["result"]
-    # a fresh backend (cache emptied) sees the new video: frames beyond it are a clear 422
+    # a fresh backend (cache emptied) sees the new video: frames beyond it are a clear 422 (frame 40 is 1.3 s
+    # past its end, beyond the 0.5 s that are clamped to the last frame: Label Studio often counts one more)
     fresh = make_faulty_client()
-    body["params"]["context"]["result"][0]["value"]["sequence"][0]["frame"] = 15
+    body["params"]["context"]["result"][0]["value"]["sequence"][0]["frame"] = 40
     _error(fresh.post("/predict", json=body), 422)
 
 

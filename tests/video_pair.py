@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from oracle import build_reference, randomize_, save_official_checkpoint
+from sam2_model.postprocess import VIDEO_HOLE_FILL_LOGIT, component_areas
 
 FP16_RTOL = 2.0**-11
 """Round-to-nearest float16 moves a value by at most this fraction of it (11-bit significand)."""
@@ -68,12 +69,37 @@ def reference_low_res(ref, state, frame: int) -> torch.Tensor:
     return out
 
 
+def hole_flips(ours: torch.Tensor, ref: torch.Tensor, bad: torch.Tensor, atol: float, max_area: int) -> torch.Tensor:
+    """The pixels of `bad` (N×1×h×w bool: low-res logits that disagree) that are one hole filled on one side
+    only, because a pixel next to it is within `atol` of 0 and so may fall on either side of the threshold in
+    float arithmetic (the hole then has max_area pixels on one side and more on the other). Hole filling is
+    discontinuous there; everything else must agree.
+
+    A pixel qualifies when one side holds the fill logit and the other a background logit (<= 0), its
+    8-connected region of disagreement has at most max_area pixels, and that region or a pixel around it has a
+    logit within atol of 0 on either side."""
+    fills = (VIDEO_HOLE_FILL_LOGIT, float(torch.tensor(VIDEO_HOLE_FILL_LOGIT).half()))  # ours are stored in float16
+    is_fill = lambda x: ((x - fills[0]).abs() <= 1e-6) | ((x - fills[1]).abs() <= 1e-6)  # noqa: E731
+    one_sided = (is_fill(ref) & (ours <= 0)) | (is_fill(ours) & (ref <= 0))
+    candidates = bad & one_sided
+    candidates &= component_areas(candidates) <= max_area
+    marginal = ((ref.abs() <= atol) & ~is_fill(ref)) | ((ours.abs() <= atol) & ~is_fill(ours))
+    grown = candidates & (F.max_pool2d(marginal.float(), 3, stride=1, padding=1) > 0)
+    while True:  # spread "next to a marginal pixel" over each 8-connected region of candidates
+        wider = (F.max_pool2d(grown.float(), 3, stride=1, padding=1) > 0) & candidates
+        if torch.equal(wider, grown):
+            return grown
+        grown = wider
+
+
 class Pair:
     """Runs the same calls on the reference and our session and compares every returned frame.
 
     Low-res logits (what both store) must agree within atol + rtol·|reference| everywhere (rtol: the rounding of
-    our stored results, FP16_RTOL for float16); masks at video resolution must be equal wherever the reference's
-    logit is farther from 0 than that bound. `worst` is the largest |ours - reference| - rtol·|reference|.
+    our stored results, FP16_RTOL for float16), except for holes filled on one side only next to a logit
+    within atol of 0 (`hole_flips`, counted in `flipped`); masks at video resolution must be equal wherever the
+    reference's logit is farther from 0 than that bound and no such hole reaches. `worst` is the largest
+    |ours - reference| - rtol·|reference| outside those holes.
     """
 
     def __init__(self, ref, predictor, ref_folder: str, our_source, atol: float = 1e-3, rtol: float = 0.0):
@@ -83,6 +109,9 @@ class Pair:
         self.ref_frames: dict[int, tuple[torch.Tensor, list]] = {}
         self.worst = 0.0
         self.worst_by_frame: dict[int, float] = {}
+        self.flipped = 0
+        self.worst_abs = 0.0  # largest |ours - reference| outside flipped holes, rounding included
+        self.fill_hole_area = int(ref.fill_hole_area)
 
     def compare(self, frame: int, ref_video: torch.Tensor, ref_ids) -> None:
         ids, _ = self.session.frame_logits(frame)
@@ -92,15 +121,21 @@ class Pair:
             out.low_res[0].float() if (out := self.session.objects[i].output(frame)) is not None
             else torch.full_like(ref_low[0], -1024.0) for i in ids])
         excess = (ours_low - ref_low).abs() - self.rtol * ref_low.abs()
-        worst = float(excess.max())
+        flips = torch.zeros_like(excess, dtype=torch.bool)
+        if self.fill_hole_area > 0 and bool((excess > self.atol).any()):
+            flips = hole_flips(ours_low, ref_low, excess > self.atol, self.atol, self.fill_hole_area)
+            self.flipped += int(flips.sum())
+        worst = float(excess.masked_fill(flips, 0.0).max())
+        self.worst_abs = max(self.worst_abs, float((ours_low - ref_low).abs().masked_fill(flips, 0.0).max()))
         self.worst = max(self.worst, worst)
         self.worst_by_frame[frame] = max(self.worst_by_frame.get(frame, 0.0), worst)
         assert worst <= self.atol, f"frame {frame}: low-res logits differ by {worst:.2e} beyond rounding"
         masks = self.session.result(frame).masks
         ref_video = ref_video[:, 0].float()
+        reached = F.interpolate(flips.float(), size=ref_video.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         for k in range(len(ids)):
             bound = self.atol + self.rtol * float(ref_low[k].abs().max())
-            decided = ref_video[k].abs() > bound
+            decided = (ref_video[k].abs() > bound) & (reached[k] == 0)
             assert np.array_equal(masks[k][decided.numpy()], (ref_video[k] > 0)[decided].numpy()), \
                 f"frame {frame}, object {ids[k]}: masks differ"
 

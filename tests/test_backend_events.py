@@ -132,6 +132,7 @@ def check_entries(backend, task_id: int, entries: list[dict], frames: range, obj
         assert e["time_ms"] == pytest.approx(e["frame"] * 1000 / FPS) and (e["width"], e["height"]) == (W, H)
         assert_sent_mask(e["imageDataURL"], backend, task_id, e["frame"], e["object_id"])
     seen = {(f, o) for f in frames for o in objects if session_mask(backend, task_id, f, o).any()}
+    assert seen, "no non-empty mask in range: the check would prove nothing"
     assert set(sent) == seen
     assert {o for _, o in sent} == set(objects), f"objects without any mask sent: {set(objects) - {o for _, o in sent}}"
 

@@ -19,16 +19,25 @@ the editor's Accept replaces that region in place (Annotation.acceptSuggestion l
 of adding a second mask on the frame.
 A mask region whose id is an object's key is the user's mask that started that object: never taken for ours,
 even where our answer returned it unchanged on its frame.
-A mask the backend never answered (or lost after a restart: the memory is per process, least recently used
-tasks first out) is the user's: its own object, returned unchanged.
+A mask the backend never answered (or forgotten: least recently used tasks first out) is the user's: its own
+object, returned unchanged.
+The memory lives in a small SQLite file (ANSWER_MEMORY_DB), shared by the gunicorn workers of a host and kept
+across restarts, so a click that lands on another worker, or after a restart, still refines the same object;
+`none` keeps it in the worker's own memory. A database that cannot be opened falls back to that, with a warning.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +48,7 @@ from .prompts import ObjectPrompts, PromptError, decode_bitmask, decode_brush
 MASK_TYPES = ("brushlabels", "bitmasklabels")
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")  # the smart tools' regions the editor deletes on Accept
 MAX_TASKS = 512
+log = logging.getLogger(__name__)
 
 
 def mask_digest(mask: np.ndarray) -> str:
@@ -78,21 +88,98 @@ class TaskAnswers:
     masks: dict[tuple[int, str], str] = field(default_factory=dict)  # (frame, digest) -> key
     prompts: dict[str, list[dict]] = field(default_factory=dict)  # key -> prompt regions, parentID = key
 
+    def to_json(self) -> str:
+        return json.dumps({"regions": self.regions, "masks": [[f, d, k] for (f, d), k in self.masks.items()],
+                           "prompts": self.prompts})
 
-class AnswerMemory:
-    """Per-task memory of answers (thread-safe, at most `max_tasks` tasks, least recently used out)."""
+    @classmethod
+    def from_json(cls, text: str) -> TaskAnswers:
+        data = json.loads(text)
+        return cls(regions={i: tuple(hit) for i, hit in data["regions"].items()},
+                   masks={(f, d): k for f, d, k in data["masks"]}, prompts=data["prompts"])
+
+
+class ProcessStore:
+    """TaskAnswers per task in this process (thread-safe, at most `max_tasks`, least recently used out)."""
 
     def __init__(self, max_tasks: int = MAX_TASKS):
         self.max_tasks = max_tasks
-        self._tasks: OrderedDict[Any, TaskAnswers] = OrderedDict()
+        self._tasks: OrderedDict[str, TaskAnswers] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _get(self, task_key: Any) -> TaskAnswers | None:
+    def get(self, task_key: str) -> TaskAnswers | None:
         with self._lock:
             found = self._tasks.get(task_key)
             if found is not None:
                 self._tasks.move_to_end(task_key)
             return found
+
+    def put(self, task_key: str, answers: TaskAnswers) -> None:
+        with self._lock:
+            self._tasks[task_key] = answers
+            self._tasks.move_to_end(task_key)
+            while len(self._tasks) > self.max_tasks:
+                self._tasks.popitem(last=False)
+
+
+class SqliteStore:
+    """TaskAnswers per task in a SQLite file shared by processes (at most `max_tasks`, least recently used out).
+
+    A connection per call (processes and threads alike); an error while reading or writing is logged and taken
+    for "nothing remembered" (the masks then count as the user's), never raised into a request."""
+
+    def __init__(self, path: str | Path, max_tasks: int = MAX_TASKS):
+        self.path, self.max_tasks = Path(path), max_tasks
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS answers (task TEXT PRIMARY KEY, used REAL, data TEXT)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=10)
+
+    def get(self, task_key: str) -> TaskAnswers | None:
+        try:
+            with closing(self._connect()) as db, db:
+                row = db.execute("SELECT data FROM answers WHERE task = ?", (task_key,)).fetchone()
+                if row is None:
+                    return None
+                db.execute("UPDATE answers SET used = ? WHERE task = ?", (time.time(), task_key))
+            return TaskAnswers.from_json(row[0])
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as e:
+            log.warning("answer memory %s: cannot read task %s (%s)", self.path, task_key, e)
+            return None
+
+    def put(self, task_key: str, answers: TaskAnswers) -> None:
+        try:
+            with closing(self._connect()) as db, db:
+                db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?)",
+                           (task_key, time.time(), answers.to_json()))
+                db.execute("DELETE FROM answers WHERE task NOT IN "
+                           "(SELECT task FROM answers ORDER BY used DESC LIMIT ?)", (self.max_tasks,))
+        except sqlite3.Error as e:
+            log.warning("answer memory %s: cannot write task %s (%s)", self.path, task_key, e)
+
+
+def open_store(path: str | None, max_tasks: int = MAX_TASKS) -> ProcessStore | SqliteStore:
+    """SqliteStore at `path`; ProcessStore when path is None or "none", or when the file cannot be opened."""
+    if path is None or path.strip().lower() == "none":
+        return ProcessStore(max_tasks)
+    try:
+        return SqliteStore(path, max_tasks)
+    except (OSError, sqlite3.Error) as e:
+        log.warning("answer memory %s cannot be opened (%s): kept in this worker's memory only", path, e)
+        return ProcessStore(max_tasks)
+
+
+class AnswerMemory:
+    """Per-task memory of answers, kept in `store` (default: this process's memory)."""
+
+    def __init__(self, store: ProcessStore | SqliteStore | None = None):
+        self.store = ProcessStore() if store is None else store
+
+    def _get(self, task_key: Any) -> TaskAnswers | None:
+        return self.store.get(str(task_key))
 
     def remember(self, task_key: Any, objects: Sequence[ObjectPrompts],
                  answered: Sequence[tuple[Mapping[str, Any], str, int, np.ndarray]]) -> None:
@@ -114,11 +201,7 @@ class AnswerMemory:
             memory.masks[(frame, digest)] = key
         for o in objects:
             memory.prompts[o.key] = [dict(r, parentID=o.key) for r in o.sources if r.get("type") in PROMPT_TYPES]
-        with self._lock:
-            self._tasks[task_key] = memory
-            self._tasks.move_to_end(task_key)
-            while len(self._tasks) > self.max_tasks:
-                self._tasks.popitem(last=False)
+        self.store.put(str(task_key), memory)
 
     def recognise(self, task_key: Any, regions: Sequence[Mapping[str, Any]], config: LabelConfig
                   ) -> tuple[list[dict], dict[tuple[str, int], str]]:

@@ -40,6 +40,7 @@ from sam2_model import SAM2, CheckpointError, ImagePredictor, load_model
 from sam2_model.gate import configure_threads
 from sam2_model.video.predictor import VideoPredictor
 
+from .answers import AnswerMemory, open_store
 from .errors import BackendError, http_error
 from .events import EVENTS, EventHandler, implied_event
 from .labelconfig import parse_label_config
@@ -144,7 +145,8 @@ class SAM2Backend:
                                     settings.allowed_media_hosts,
                                     (settings.max_video_frames, settings.max_video_pixels))
         self.predictor = TaskPredictor(self._video_predictor, self._image_predictor, self.fetcher, self.store,
-                                       settings.max_propagation_frames, settings.box_tolerance_px, self.model_version)
+                                       settings.max_propagation_frames, settings.box_tolerance_px, self.model_version,
+                                       AnswerMemory(open_store(settings.answer_memory_db)))
         self.events = EventHandler(self.predictor, settings.max_propagation_frames,
                                    wait_slots=max(0, settings.threads - 1))
         self._setups: dict[str, dict] = {}  # project id -> latest /setup body

@@ -20,6 +20,7 @@
 | FEATURE_CACHE_MB | 512 | cached frame features per video session (about 12 MiB per frame at 1024 px) |
 | SESSION_TTL_S | 1800 | idle seconds after which a video session is released |
 | SESSION_BUDGET_MB | 4096 | MiB all sessions of a worker may hold (features and masks; fractions allowed); least recently used go first |
+| ANSWER_MEMORY_DB | <tmp>/sam2-backend/answers.sqlite | what the backend answered per task (to recognise its accepted suggestions), shared by the workers of a host and kept across restarts; `none`: in each worker's memory only |
 | MEDIA_CACHE_DIR | <tmp>/sam2-backend-media | downloaded media |
 | MEDIA_CACHE_MB | 4096 | size of the media cache on disk; least recently used files go first |
 | MAX_DOWNLOAD_MB | 2048 | largest media file accepted |
@@ -79,6 +80,7 @@ class Settings:
     feature_cache_mb: int = 512
     session_ttl_s: float = 1800.0
     session_budget_mb: float = 4096
+    answer_memory_db: str = os.path.join(tempfile.gettempdir(), "sam2-backend", "answers.sqlite")
     media_cache_dir: str = os.path.join(tempfile.gettempdir(), "sam2-backend-media")
     media_cache_mb: int = 4096
     max_download_mb: int = 2048

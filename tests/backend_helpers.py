@@ -53,7 +53,8 @@ def backend_settings(tmp: Path, ls_url: str, seed: int = TRACKING_SEED, **change
     """Settings of a test backend: a checkpoint of `seed` in `tmp`, CPU, media from the fake Label Studio."""
     return Settings(**{"sam2_checkpoint": str(write_checkpoint(tmp / "backend_test.pt", seed=seed)),
                        "device": "cpu", "label_studio_url": ls_url, "label_studio_api_key": LEGACY_TOKEN,
-                       "media_cache_dir": str(tmp / "cache"), "log_level": "WARNING", **changes})
+                       "media_cache_dir": str(tmp / "cache"), "answer_memory_db": str(tmp / "answers.sqlite"),
+                       "log_level": "WARNING", **changes})
 
 
 def clip_frames(n: int = N_FRAMES, w: int = W, h: int = H) -> list[np.ndarray]:

@@ -7,10 +7,13 @@ answer. Unit tests on AnswerMemory, then the refinement loop through the HTTP ap
 """
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
+
 import numpy as np
 import pytest
 
-from backend.answers import AnswerMemory, mask_digest, reuse_ids
+from backend.answers import AnswerMemory, ProcessStore, SqliteStore, mask_digest, open_store, reuse_ids
 from backend.app import create_app
 from backend.labelconfig import parse_label_config
 from backend.prompts import ObjectPrompts, image_prompts
@@ -128,14 +131,45 @@ def test_the_users_own_mask_that_started_an_object_is_never_taken_for_ours():
     assert regions[1]["parentID"] == "brush1" and regions[1]["origin"] == "prediction"
 
 
-def test_memory_keeps_the_most_recent_tasks():
-    memory = AnswerMemory(max_tasks=2)
+@pytest.mark.parametrize("kind", ["process", "sqlite"])
+def test_memory_keeps_the_most_recent_tasks(kind, tmp_path):
+    memory = AnswerMemory(ProcessStore(2) if kind == "process" else SqliteStore(tmp_path / "a.sqlite", 2))
     _, answered = _answer("a")
     for task in (1, 2, 3):
         memory.remember(task, [], answered)
     regions = accepted([answered[0][0]])
     assert memory.recognise(1, regions, CONFIG)[1] == {}
     assert memory.recognise(3, regions, CONFIG)[1] == {("a", 0): "a_0"}
+
+
+def test_sqlite_memory_is_shared_by_workers_and_survives_a_restart(tmp_path):
+    """Two stores on one file stand for two gunicorn workers, or a worker before and after a restart."""
+    path = tmp_path / "state" / "answers.sqlite"
+    first, second = AnswerMemory(open_store(str(path))), AnswerMemory(open_store(str(path)))
+    regions, answered = _answer("kp1")
+    kp = dict(_kp("kp1", 0, 30.0, 30.0), parentID="kp1")
+    first.remember(7, [ObjectPrompts("kp1", "Car", sources=[kp])], answered)
+    rewritten, ids = second.recognise(7, accepted(regions, rename=True), CONFIG)
+    assert ids == {("kp1", f): f"lskp1_{f}" for f in range(4)}  # recognised by mask, ids as LS renamed them
+    assert rewritten[0]["id"] == "kp1" and rewritten[0]["type"] == "keypointlabels"  # the click put back
+    assert {r["parentID"] for r in rewritten} == {"kp1"}
+    assert all(r["origin"] == "prediction" for r in rewritten[1:])
+
+
+def test_a_memory_that_cannot_be_opened_or_read_is_no_memory(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    store = open_store(str(blocker / "answers.sqlite"))  # its folder cannot be made
+    assert isinstance(store, ProcessStore) and "kept in this worker's memory only" in caplog.text
+    assert isinstance(open_store("none"), ProcessStore)
+    broken = SqliteStore(tmp_path / "b.sqlite")
+    memory = AnswerMemory(broken)
+    regions, answered = _answer("a")
+    memory.remember(1, [], answered)
+    with closing(sqlite3.connect(broken.path)) as db, db:
+        db.execute("UPDATE answers SET data = '{not json'")
+    assert memory.recognise(1, accepted(regions), CONFIG)[1] == {}  # the masks count as the user's
+    assert "cannot read task 1" in caplog.text
 
 
 # ---------------------------------------------------------------- through the HTTP app, small model
@@ -195,3 +229,19 @@ def test_image_click_accept_negative_click_changes_the_mask(client):
     neg2 = dict(kp, id="n2", is_positive=False, value=dict(kp["value"], x=20.0))
     (again,) = _ask(client, task, IMAGE_XML, [neg2])  # the first object is still known after an answer without it
     assert again["id"] == first["id"] and again["parentID"] == "c1"
+
+
+def test_a_click_on_another_worker_refines_the_same_object(client):
+    """WORKERS > 1: Accept's draft and the next click reach a worker that did not answer the first click."""
+    other_app = create_app(client.application.extensions["sam2_backend"].settings)
+    try:
+        other = other_app.test_client()
+        task = {"id": 140, "data": {"frames": [f"/data/upload/2/f{i}.png" for i in range(SEQ_LEN)]},
+                "annotations": [], "drafts": [], "predictions": []}
+        first = _ask(client, task, SEQ_XML, [_kp("click1", 2, 35.0, 50.0)])
+        task["drafts"] = [{"id": 1, "result": accepted(first, rename=True), "updated_at": "2026-12-04T00:00:00Z"}]
+        second = _ask(other, task, SEQ_XML, [_kp("neg1", 2, 60.0, 50.0, positive=False)])
+        assert second and {r["parentID"] for r in second} == {"click1"}  # not one object per accepted mask
+        assert {r["id"] for r in second} <= {"ls" + r["id"] for r in first}
+    finally:
+        other_app.extensions["sam2_backend"].close()

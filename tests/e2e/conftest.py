@@ -80,7 +80,7 @@ def backend_server(label_studio: LabelStudioHandle, tmp_path_factory: pytest.Tem
     env = {
         "SAM2_CHECKPOINT": str(checkpoint), "DEVICE": "cpu", "PORT": str(port), "WORKERS": "1", "THREADS": "4",
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-        "MEDIA_CACHE_DIR": str(folder / "media"), "LOG_LEVEL": "INFO",
+        "MEDIA_CACHE_DIR": str(folder / "media"), "LOG_LEVEL": "INFO", "ANSWER_MEMORY_DB": str(folder / "answers.db"),
         # these tests store annotations and check the predictions Retrieve Predictions stores: no webhook jobs
         "PREANNOTATE_STATE_DIR": str(folder / "state"), "PREANNOTATE_WEBHOOK": "false",
     }

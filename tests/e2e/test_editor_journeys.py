@@ -266,6 +266,7 @@ def tracking_backend(label_studio, tmp_path_factory, artifacts):
     env = {"SAM2_CHECKPOINT": str(folder / "e2e_tracking.pt"), "DEVICE": "cpu", "PORT": str(port), "WORKERS": "1",
            "THREADS": "4", "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
            "MEDIA_CACHE_DIR": str(folder / "media"), "LOG_LEVEL": "INFO",
+           "ANSWER_MEMORY_DB": str(folder / "answers.db"),
            "PREANNOTATE_STATE_DIR": str(folder / "state"), "PREANNOTATE_WEBHOOK": "false"}
     with gunicorn_server(port, env, artifacts / "journeys-backend.log", timeout_s=60):
         yield f"http://127.0.0.1:{port}"

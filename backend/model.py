@@ -13,6 +13,8 @@ Time limits (Label Studio gives up on /predict after 100 s):
   pre-annotation job (backend/preannotate), which writes its whole track to Label Studio when done.
   Direct answers carry the prompts' signature (preannotate.ledger), so a later job leaves them alone.
 Annotation webhooks (ANNOTATION_CREATED / ANNOTATION_UPDATED with prompt regions) queue their task too.
+Two batch calls for the same task and prompts at once (the editor's task reload after Submit and a Retrieve
+Predictions) answer it once: the other gets NO_PREDICTION (claims.py), so Label Studio stores one prediction.
 A batch answer never holds an empty prediction: a task without prompts, whose media fails, or that the budget
 did not reach is answered with NO_PREDICTION (an empty list in its place in `results`), for which Label Studio
 stores nothing (label_studio/ml/models.py, `_get_predictions_from_ml_backend`, reads each task's answer as a
@@ -41,6 +43,7 @@ from sam2_model.gate import configure_threads
 from sam2_model.video.predictor import VideoPredictor
 
 from .answers import AnswerMemory, open_store
+from .claims import AnswerClaims
 from .errors import BackendError, http_error
 from .events import EVENTS, EventHandler, implied_event
 from .labelconfig import parse_label_config
@@ -154,6 +157,7 @@ class SAM2Backend:
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self._jobs: JobManager | None = None
+        self.claims = AnswerClaims(clock=clock)
 
     @property
     def model_version(self) -> str:
@@ -231,20 +235,24 @@ class SAM2Backend:
         interactive = context is not None
         budget = self.settings.interactive_budget_s if interactive else self.settings.predict_budget_s
         deadline = started + budget
-        results, queued = [], []
-        for i, task in enumerate(tasks):
-            regions = current_regions(task, context)
-            if interactive:
-                results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context)))
-            elif self.clock() >= deadline:
-                if has_prompt_regions(regions, config):
-                    logger.info("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s queued for pre-annotation",
-                                budget, task.get("id"))
-                    queued.append(task.get("id"))
-                self.count("tasks_skipped_budget")
-                results.append(NO_PREDICTION)
-            else:
-                results.append(self._batch_task(task, config, regions, deadline, queued))
+        results, queued, claimed = [], [], {}
+        try:
+            for task in tasks:
+                regions = current_regions(task, context)
+                if interactive:
+                    results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context)))
+                elif self.clock() >= deadline:
+                    if has_prompt_regions(regions, config):
+                        logger.info("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s queued for "
+                                    "pre-annotation", budget, task.get("id"))
+                        queued.append(task.get("id"))
+                    self.count("tasks_skipped_budget")
+                    results.append(NO_PREDICTION)
+                else:
+                    results.append(self._batch_task(task, config, regions, deadline, queued, claimed))
+        finally:
+            for key, answered in claimed.items():
+                self.claims.release([key], answered)
         if queued:
             self._queue_batch(project, queued)
         self.count("tasks", len(tasks))
@@ -260,10 +268,20 @@ class SAM2Backend:
         return label_config
 
     def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float,
-                    queued: list) -> dict | list:
+                    queued: list, claimed: dict) -> dict | list:
         """A batch task's prediction, its regions stamped with the prompts' signature (preannotate.ledger);
-        NO_PREDICTION when it has no region or its own data is unusable (logged), or when the budget ran out
-        while it was tracked (the task goes to `queued`: a pre-annotation job writes its whole track)."""
+        NO_PREDICTION when it has no region or its own data is unusable (logged), when the budget ran out
+        while it was tracked (the task goes to `queued`: a pre-annotation job writes its whole track), or when
+        another call is answering the same task and prompts (claims.py). claimed: {claimed key: answered}."""
+        signature = prompt_signature(prompt_regions(regions, config))
+        key = (task.get("id"), signature, self.model_version)
+        if has_prompt_regions(regions, config):
+            if not self.claims.claim(key):
+                logger.info("task %s: another request is answering the same prompts: nothing to store twice",
+                            task.get("id"))
+                self.count("tasks_answered_elsewhere")
+                return NO_PREDICTION
+            claimed[key] = False
         try:
             answer = self.predictor.predict(task, config, regions, deadline)
             if self.clock() >= deadline and has_prompt_regions(regions, config):
@@ -273,7 +291,8 @@ class SAM2Backend:
                 return NO_PREDICTION
             if not answer["result"]:
                 return NO_PREDICTION
-            signature = prompt_signature(prompt_regions(regions, config))
+            if key in claimed:
+                claimed[key] = True
             return dict(answer, result=stamp(answer["result"], signature))
         except Exception as exc:
             answer = http_error(exc)

@@ -190,6 +190,46 @@ def test_batch_without_and_with_prompts(client, ls):
     assert answer["results"][1] == [] and answer["results"][2] == []  # nothing to store; never a batch error
 
 
+def test_overlapping_batch_calls_store_a_track_once(settings, monkeypatch):
+    """The editor's task reload after Submit and a Retrieve Predictions ask for the same task at once: one answer
+    holds the track, the other nothing to store (Label Studio would keep both: two identical predictions)."""
+    app = create_app(settings)
+    backend, client = app.extensions["sam2_backend"], app.test_client()
+    body = captured("predict_batch")
+    region = captured("predict_interactive")["params"]["context"]["result"][0]
+    body["tasks"][0]["annotations"] = [{"id": 7, "result": [region], "was_cancelled": False,
+                                        "created_at": "2026-11-26T19:32:54Z"}]
+    entered, go_on, first = threading.Event(), threading.Event(), {}
+    predict = backend.predictor.predict
+
+    def slow_first(*args, **kwargs):
+        if not entered.is_set():
+            entered.set()
+            assert go_on.wait(30)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(backend.predictor, "predict", slow_first)
+    try:
+        thread = threading.Thread(target=lambda: first.update(_ok(client.post("/predict", json=body))))
+        thread.start()
+        assert entered.wait(30)
+        assert _ok(client.post("/predict", json=body))["results"] == [[]]  # the same prompts, in flight
+        changed = copy.deepcopy(body)  # other prompts of the same task: a different prediction, answered
+        changed["tasks"][0]["annotations"][0]["result"][0]["value"]["sequence"][0]["x"] += 5.0
+        assert _ok(client.post("/predict", json=changed))["results"][0]["result"]
+        go_on.set()
+        thread.join(60)
+        [track] = first["results"][0]["result"]
+        _check_video_region(track, region["value"]["sequence"][0])
+        assert _ok(client.post("/predict", json=body))["results"] == [[]]  # just answered: Label Studio stores it
+        later = backend.claims.clock() + backend.claims.grace_s + 1
+        monkeypatch.setattr(backend.claims, "clock", lambda: later)
+        assert _ok(client.post("/predict", json=body))["results"][0]["result"]  # asked again later: answered
+    finally:
+        go_on.set()
+        backend.close()
+
+
 @pytest.mark.parametrize("change, status, words", [
     ({"frame": N_FRAMES + 40}, 422, ["frame 60 (2.360 s) is beyond the video", "20 frames at 25 fps"]),
     ({"frame": 0}, 422, ["frame must be in 1..framesCount"]),

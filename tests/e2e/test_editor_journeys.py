@@ -22,9 +22,23 @@ import torch
 
 from sam2_model import build_model, save_checkpoint
 from tests.e2e.conftest import E2E_MODEL
-from tests.e2e.projects import FRAME_SIZE, K, SEQUENCE_LENGTH, create_sequence_project
+from backend.results import sequence_to_boxes
+from tests.e2e.projects import (
+    FRAME_SIZE,
+    K,
+    MIDDLE,
+    SEQUENCE_LENGTH,
+    VIDEO_FRAMES,
+    create_sequence_project,
+    create_video_project,
+)
 from tests.live_gunicorn import free_port, gunicorn_server
-from tests.e2e.test_browser import EDITOR_TIMEOUT_MS, page  # noqa: F401  (the logged-in page fixture)
+from tests.e2e.test_browser import (  # noqa: F401  (page: the logged-in page fixture)
+    EDITOR_TIMEOUT_MS,
+    _compare_drawn,
+    _drawn_boxes,
+    page,
+)
 
 pytestmark = pytest.mark.e2e
 logger = logging.getLogger("journeys")
@@ -337,4 +351,107 @@ def test_a_sequence_click_accept_click_again_one_object(page, label_studio, trac
         indices = [r["item_index"] for r in answer]
         assert len(indices) == len(set(indices))  # one mask per frame
         assert {r["id"] for r in answer} <= {r["id"] for r in first}  # Accept would replace the accepted masks
+    assert page.errors == []
+
+
+def _video_to_screen(page) -> tuple[float, float, float, float]:
+    """(x0, y0, sx, sy): screen point of video pixel (x, y) is (x0 + sx·x, y0 + sy·y), from the transform of the
+    Konva layer the editor draws the video's regions on."""
+    return tuple(page.evaluate("""() => { const s = Konva.stages[0], r = s.container().getBoundingClientRect();
+        const m = s.getLayers()[0].getAbsoluteTransform().m; return [r.x + m[4], r.y + m[5], m[0], m[3]] }"""))
+
+
+def _video_frame(page) -> int:
+    return page.evaluate("() => Htx.annotationStore.selected.names.get('video').frame")
+
+
+def test_c_video_draw_a_box_submit_retrieve_predictions_shows_the_track(page, label_studio, tracking_backend,  # noqa: F811
+                                                                       e2e_media, journey):
+    """Video: open the task, draw a box with the mouse on a middle frame, Submit, then Retrieve Predictions from the
+    Data Manager's Actions menu -> one prediction, a track over frames before and after the drawn one, drawn by
+    the editor on every frame as stored. No "Delete Predictions" anywhere."""
+    api = label_studio.api
+    project = create_video_project(api, e2e_media, "journey c video")
+    (task,) = project.tasks
+    ml = api.connect_ml_backend(project.id, tracking_backend, title="journey c")
+    assert ml["readable_state"] == "Connected"
+    j = journey("c-video", task["id"], group=0)
+    page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task['id']}")
+    page.locator(".lsf-frames-control").wait_for(timeout=EDITOR_TIMEOUT_MS)
+    page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.readyState >= 2 }",
+                           timeout=EDITOR_TIMEOUT_MS)
+    assert api.predictions(task["id"]) == []  # opening the task stored no (empty) prediction
+    j.shot("open")
+
+    # Seek to the middle frame, pick the label, drag a box around the first object as the clip's truth has it.
+    page.click(".lsf-frames-control")
+    page.fill(".lsf-frames-control input", str(MIDDLE))
+    page.press(".lsf-frames-control input", "Enter")
+    page.wait_for_function(f"() => Htx.annotationStore.selected.names.get('video').frame === {MIDDLE}")
+    page.locator(".lsf-labels").first.get_by_text("Car", exact=True).click()
+    x1, y1, x2, y2 = e2e_media.clip.boxes()[MIDDLE - 1, 0]
+    x0, y0, sx, sy = _video_to_screen(page)
+    page.mouse.move(x0 + sx * x1, y0 + sy * y1)
+    page.mouse.down()
+    page.mouse.move(x0 + sx * (x1 + x2) / 2, y0 + sy * (y1 + y2) / 2, steps=5)
+    page.mouse.move(x0 + sx * (x2 + 1), y0 + sy * (y2 + 1), steps=5)
+    page.mouse.up()
+    page.wait_for_function("() => Htx.annotationStore.selected.regions.length === 1", timeout=10_000)
+    height, width = FRAME_SIZE
+    drawn = page.evaluate("() => Htx.annotationStore.selected.serializeAnnotation()")
+    (region,) = drawn
+    (key,) = region["value"]["sequence"]
+    assert region["type"] == "videorectangle" and region["value"]["labels"] == ["Car"] and key["frame"] == MIDDLE
+    box = np.array([key["x"] * width, key["y"] * height, (key["x"] + key["width"]) * width,
+                    (key["y"] + key["height"]) * height]) / 100
+    np.testing.assert_allclose(box, [x1, y1, x2 + 1, y2 + 1], atol=1.0)  # where the mouse went
+    j.shot(f"drawn-frame-{MIDDLE}")
+
+    started = time.monotonic()
+    (saved,) = j.submit()
+    assert saved["id"] == region["id"] and saved["value"]["sequence"] == region["value"]["sequence"]
+    logger.info("c-video: Submit stored the keyframe (%.2f s)", time.monotonic() - started)
+
+    # Retrieve Predictions, as a person does it: the Data Manager, the task's checkbox, Actions, confirm.
+    page.goto(f"{label_studio.url}/projects/{project.id}/data")
+    row = page.locator('[data-testid="table-row"] input[type="checkbox"]').first
+    row.click()
+    assert row.get_attribute("aria-checked") == "true"
+    page.click('button[aria-label="Tasks Actions"]')
+    page.get_by_text("Retrieve Predictions", exact=True).click()
+    started = time.monotonic()
+    with page.expect_response(lambda r: r.request.method == "POST" and "retrieve_tasks_predictions" in r.url,
+                              timeout=120_000) as info:
+        page.click('[data-testid="dialog-ok-button"]')
+    logger.info("c-video: Retrieve Predictions answered %s in %.2f s", info.value.text(), time.monotonic() - started)
+    assert info.value.status == 200
+    j.shot("retrieved")
+
+    # Label Studio holds one prediction of this backend: a track from the drawn keyframe, both directions.
+    (stored,) = api.predictions(task["id"])
+    (track,) = stored["result"]
+    assert track["id"] == region["id"] and track["type"] == "videorectangle" and track["value"]["labels"] == ["Car"]
+    frames = [k["frame"] for k in track["value"]["sequence"]]
+    assert min(frames) < MIDDLE < max(frames), f"the track does not leave the drawn frame: {frames}"
+    (user_key,) = [k for k in track["value"]["sequence"] if k["frame"] == MIDDLE]
+    for field in ("x", "y", "width", "height", "enabled"):
+        assert user_key[field] == key[field], field  # the user's keyframe comes back as drawn
+
+    # The editor shows it: the prediction's tab, the box the editor draws on every frame as the stored track says.
+    page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task['id']}")
+    page.locator(".lsf-frames-control").wait_for(timeout=EDITOR_TIMEOUT_MS)
+    page.get_by_text(stored["model_version"], exact=True).first.click()
+    page.wait_for_function("() => Htx.annotationStore.selected.type === 'prediction' && "
+                           "Htx.annotationStore.selected.regions.length > 0", timeout=EDITOR_TIMEOUT_MS)
+    regions = page.evaluate("() => Htx.annotationStore.selected.regions.map(r => [r.cleanId ?? r.id, r.type])")
+    assert regions == [[track["id"], "videorectangleregion"]]
+    _compare_drawn(_drawn_boxes(page), sequence_to_boxes(track["value"]["sequence"], VIDEO_FRAMES, (width, height)),
+                   0.0)
+    for frame in (MIDDLE - 5, MIDDLE + 5):  # before and after the drawn frame, as the page shows them
+        page.click(".lsf-frames-control")
+        page.fill(".lsf-frames-control input", str(frame))
+        page.press(".lsf-frames-control input", "Enter")
+        page.wait_for_function(f"() => Htx.annotationStore.selected.names.get('video').frame === {frame}")
+        page.wait_for_timeout(300)
+        j.shot(f"prediction-frame-{frame}")
     assert page.errors == []

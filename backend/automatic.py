@@ -98,7 +98,8 @@ class AutoPredictor:
             region["origin"] = "prediction"
         return prediction(results, model_version=self.tasks.model_version)
 
-    def _track(self, source, on_frame: Callable[[int, list, np.ndarray], None]) -> tuple[dict[int, float], tuple[int, int], Any]:
+    def _track(self, source, on_frame: Callable[[int, list, np.ndarray], None]
+               ) -> tuple[dict[int, float], tuple[int, int], Any]:
         """track_everything over a video path or frame list; on_frame(frame, obj_ids, masks N×H×W) per frame,
         the objects present on it. -> ({object id: predicted IoU at discovery}, (height, width), the timeline
         of a video file, else None)."""

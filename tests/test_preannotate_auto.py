@@ -3,7 +3,8 @@ media from the fake Label Studio) -> LabelStudioLedger, whose SDK client is an i
 (`MemoryClient`: the projects / tasks / predictions calls the ledger makes). Video, image sequence and single
 image; idempotence (a rerun writes nothing), changed AUTO_* settings, a task that later gets prompts, bad
 AUTO_LABEL (the job stops at its start) and a mask control without labels (the task fails with the reason);
-the local engine's spawned workers run automatic specs too. Discovery uses loosened generator thresholds (random
+the local engine's spawned workers run automatic specs too; batch /predict queues prompt-less tasks, interactive
+/predict without prompts still answers nothing. Discovery uses loosened generator thresholds (random
 weights score low), so these tests check structure and that regions were found, not what they cover."""
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from backend.app import create_app
 from backend.automatic import AUTOMATIC, AutoOptions
 from backend.labelconfig import LabelConfigError
 from backend.preannotate.engine import get_engine
@@ -23,7 +25,7 @@ from backend.preannotate.ledger import SIGNATURE_KEY, LabelStudioLedger, stored_
 from backend.preannotate.runner import NO_PROMPTS, Runner
 from backend.preannotate.spec import DONE, FAILED, UNCHANGED
 from backend.preannotate.worker import WorkerFactory
-from tests.backend_helpers import SEQ_XML, backend_settings, clip_frames, h264_bytes, png_bytes
+from tests.backend_helpers import SEQ_XML, backend_settings, captured, clip_frames, h264_bytes, png_bytes
 from tests.fake_label_studio import FakeLabelStudio
 from tests.recording_worker import RecordingFactory, writes
 
@@ -95,8 +97,9 @@ def media(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("auto")
     frames = clip_frames(N, W, H)
     with FakeLabelStudio() as ls:
+        sequence = [ls.add(f"/data/upload/2/f{i}.png", png_bytes(f)) for i, f in enumerate(frames)]
         data = {"video": {"video": ls.add("/data/upload/1/clip.mp4", h264_bytes(tmp, N))},
-                "sequence": {"frames": [ls.add(f"/data/upload/2/f{i}.png", png_bytes(f)) for i, f in enumerate(frames)]},
+                "sequence": {"frames": sequence},
                 "image": {"image": ls.add("/data/upload/3/img.png", png_bytes(frames[0]))}}
         yield tmp, ls.url, data
 
@@ -227,3 +230,38 @@ def test_local_engine_workers_run_automatic_specs(media, tmp_path):
         engine.close()
     assert [(o.status, o.frames) for o in outcomes] == [(DONE, N)] and outcomes[0].objects >= 1, outcomes
     assert list(writes(tmp_path)) == [1]
+
+
+class SubmittedJobs:
+    """Stands in for the backend's JobManager: records what /predict queues."""
+
+    def __init__(self):
+        self.submitted: list[tuple] = []
+
+    def submit(self, project, tasks, origin, credentials=(None, None)) -> str:
+        self.submitted.append((project, tasks, origin))
+        return "job1"
+
+    def close(self, terminate: bool = False) -> None:
+        pass
+
+
+def test_batch_predict_queues_promptless_tasks_interactive_answers_nothing(media, tmp_path):
+    tmp, url, _ = media
+    for auto in (False, True):
+        settings = backend_settings(tmp, url, auto_masklets=auto, preannotate_state_dir=str(tmp_path / "state"))
+        app = create_app(settings)
+        backend = app.extensions["sam2_backend"]
+        backend._jobs = jobs = SubmittedJobs()
+        client = app.test_client()
+        try:
+            batch = client.post("/predict", json=captured("predict_batch"))
+            assert batch.status_code == 200 and batch.get_json()["results"] == [[]], batch.get_json()
+            assert jobs.submitted == ([(1, [1], "predict")] if auto else []), jobs.submitted
+            interactive = captured("predict_interactive")
+            interactive["params"]["context"]["result"] = []
+            answer = client.post("/predict", json=interactive)
+            assert answer.status_code == 200 and answer.get_json()["results"][0]["result"] == [], answer.get_json()
+            assert len(jobs.submitted) == (1 if auto else 0), "an interactive request queued a job"
+        finally:
+            backend.close()

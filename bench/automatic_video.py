@@ -90,7 +90,8 @@ def main() -> None:
         ["objects", "reached", "first s", "rediscovery s/frame", "tracked s/frame", "first x 1st row",
          "tracked x 1st row", "n redisc", "n tracked"],
         [[r["objects"], r["reached"], r["first_s"], r["rediscovery_s"], r["tracked_s"],
-          ratio(r["first_s"], base["first_s"]), ratio(r["tracked_s"], base["tracked_s"]), r["rediscovery_frames"], r["tracked_frames"]] for r in rows])
+          ratio(r["first_s"], base["first_s"]), ratio(r["tracked_s"], base["tracked_s"]), r["rediscovery_frames"],
+          r["tracked_frames"]] for r in rows])
     print(f"\nwall time {wall:.1f} s; {loadavg()}")
     env["loadavg_end"] = list(os.getloadavg())
     write_json(args.json, {"benchmark": "automatic_video", "environment": env, "wall_s": wall, "results": rows})

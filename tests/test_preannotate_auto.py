@@ -265,3 +265,19 @@ def test_batch_predict_queues_promptless_tasks_interactive_answers_nothing(media
             assert len(jobs.submitted) == (1 if auto else 0), "an interactive request queued a job"
         finally:
             backend.close()
+
+
+def test_post_preannotate_refuses_an_auto_label_the_config_lacks(media, tmp_path, monkeypatch):
+    tmp, url, _ = media
+    monkeypatch.setattr(LabelStudioLedger, "label_config", lambda self, project: IMAGE_XML)
+    settings = backend_settings(tmp, url, auto_masklets=True, auto_label="Truck",
+                                preannotate_state_dir=str(tmp_path / "state"))
+    app = create_app(settings)
+    backend = app.extensions["sam2_backend"]
+    backend._jobs = jobs = SubmittedJobs()
+    try:
+        answer = app.test_client().post("/preannotate", json={"project": 1})
+        assert answer.status_code == 422 and "AUTO_LABEL 'Truck' is not a label" in answer.get_json()["error"]
+        assert jobs.submitted == [], "a job was queued"
+    finally:
+        backend.close()

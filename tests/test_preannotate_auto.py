@@ -25,6 +25,7 @@ from backend.preannotate.ledger import SIGNATURE_KEY, LabelStudioLedger, stored_
 from backend.preannotate.runner import NO_PROMPTS, Runner
 from backend.preannotate.spec import DONE, FAILED, UNCHANGED
 from backend.preannotate.worker import WorkerFactory
+from config.settings import Settings, SettingsError
 from tests.backend_helpers import SEQ_XML, backend_settings, captured, clip_frames, h264_bytes, png_bytes
 from tests.fake_label_studio import FakeLabelStudio
 from tests.recording_worker import RecordingFactory, writes
@@ -281,3 +282,18 @@ def test_post_preannotate_refuses_an_auto_label_the_config_lacks(media, tmp_path
         assert jobs.submitted == [], "a job was queued"
     finally:
         backend.close()
+
+
+def test_auto_settings_are_checked_and_all_in_the_signature():
+    assert Settings().auto_masklets is False, "AUTO_MASKLETS must be off by default"
+    for name, bad in [("AUTO_EVERY", "0"), ("AUTO_MAX_OBJECTS", "0"), ("AUTO_END_AFTER", "-1"),
+                      ("AUTO_POINTS_PER_SIDE", "0"), ("AUTO_PRED_IOU_THRESH", "1.5"), ("AUTO_STABILITY_THRESH", "-0.1"),
+                      ("AUTO_MASKLETS", "maybe")]:
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: bad})
+    base = AutoOptions()
+    changed = [dataclasses.replace(base, **{f.name: value}) for f, value in zip(
+        dataclasses.fields(AutoOptions), ("Car", 5, 3, 0, 8, 0.5, 0.5))]
+    signatures = {o.signature() for o in [base, *changed]}
+    assert len(signatures) == 1 + len(dataclasses.fields(AutoOptions)), "an option left out of the signature"
+    assert all(s.startswith("auto-") for s in signatures) and AutoOptions().signature() == base.signature()

@@ -3,7 +3,7 @@ media from the fake Label Studio) -> LabelStudioLedger, whose SDK client is an i
 (`MemoryClient`: the projects / tasks / predictions calls the ledger makes). Video, image sequence and single
 image; idempotence (a rerun writes nothing), changed AUTO_* settings, a task that later gets prompts, bad
 AUTO_LABEL (the job stops at its start) and a mask control without labels (the task fails with the reason);
-the local engine's spawned workers run automatic specs too; batch /predict queues prompt-less tasks, interactive
+the local engine's spawned workers and the ray engine's actors run automatic specs too; batch /predict queues prompt-less tasks, interactive
 /predict without prompts still answers nothing. Discovery uses loosened generator thresholds (random
 weights score low), so these tests check structure and that regions were found, not what they cover."""
 from __future__ import annotations
@@ -219,11 +219,15 @@ def test_image_brush_masks_and_bad_configs(media, tmp_path):
     assert not plan.specs and [line.status for line in plan.lines.values()] == [NO_PROMPTS], "off by default"
 
 
-def test_local_engine_workers_run_automatic_specs(media, tmp_path):
+@pytest.mark.parametrize("engine_name", ["local", "ray"])
+def test_engines_workers_run_automatic_specs(media, tmp_path, engine_name, monkeypatch):
+    if engine_name == "ray":
+        pytest.importorskip("ray", reason="the ray engine's optional dependency: pip install -r requirements-ray.txt")
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
     runner, _, settings = _project(media, "video", VIDEO_XML, tmp_path)
     plan = runner.plan(1)
     outcomes = []
-    engine = get_engine("local", workers=1)
+    engine = get_engine(engine_name, workers=1)
     try:
         engine.run(plan.specs, RecordingFactory(settings, folder=str(tmp_path)), lambda p: None,
                    lambda o: outcomes.append(o), threading.Event())

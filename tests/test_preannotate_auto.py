@@ -2,10 +2,11 @@
 media from the fake Label Studio) -> LabelStudioLedger, whose SDK client is an in-memory Label Studio
 (`MemoryClient`: the projects / tasks / predictions calls the ledger makes). Video, image sequence and single
 image; idempotence (a rerun writes nothing), changed AUTO_* settings, a task that later gets prompts, bad
-AUTO_LABEL (the job stops at its start) and a mask control without labels (the task fails with the reason);
-the local engine's spawned workers and the ray engine's actors run automatic specs too; batch /predict queues prompt-less tasks, interactive
-/predict without prompts still answers nothing. Discovery uses loosened generator thresholds (random
-weights score low), so these tests check structure and that regions were found, not what they cover."""
+AUTO_LABEL (the job stops at its start, POST /preannotate 422) and a mask control without labels (the task
+fails with the reason); the local engine's spawned workers and the ray engine's actors run automatic specs too;
+batch /predict queues prompt-less tasks, interactive /predict without prompts still answers nothing. Discovery
+uses loosened generator thresholds (random weights score low), so these tests check structure and that regions
+were found, not what they cover."""
 from __future__ import annotations
 
 import copy

@@ -5,8 +5,8 @@ image; idempotence (a rerun writes nothing), changed AUTO_* settings, a task tha
 AUTO_LABEL (the job stops at its start, POST /preannotate 422) and a mask control without labels (the task
 fails with the reason); the local engine's spawned workers and the ray engine's actors run automatic specs too;
 batch /predict queues prompt-less tasks, interactive /predict without prompts still answers nothing. Discovery
-uses loosened generator thresholds (random weights score low), so these tests check structure and that regions
-were found, not what they cover."""
+uses loosened generator thresholds (random weights score low), so these tests check structure, that regions
+were found, and (image sequence) that they are the objects and frames a direct track_everything run gives."""
 from __future__ import annotations
 
 import copy
@@ -27,6 +27,9 @@ from backend.preannotate.runner import NO_PROMPTS, Runner
 from backend.preannotate.spec import DONE, FAILED, UNCHANGED
 from backend.preannotate.worker import WorkerFactory
 from config.settings import Settings, SettingsError
+from sam2_model import load_model
+from sam2_model.video.discovery import track_everything
+from sam2_model.video.predictor import VideoPredictor
 from tests.backend_helpers import SEQ_XML, backend_settings, captured, clip_frames, h264_bytes, png_bytes
 from tests.fake_label_studio import FakeLabelStudio
 from tests.recording_worker import RecordingFactory, writes
@@ -188,6 +191,27 @@ def test_image_sequence_brush_masks_per_frame(media, tmp_path):
     assert 0 in {r["item_index"] for r in result}, "nothing on the first frame, where discovery starts"
     for obj in objects:  # one score per object: its mask's predicted IoU at discovery
         assert len({r["score"] for r in result if r["parentID"] == obj}) == 1
+    covered, scores = _direct_discovery(settings)
+    assert {(r["parentID"], r["item_index"]) for r in result} == covered, "not the frames discovery covers"
+    assert {r["parentID"]: r["score"] for r in result} == pytest.approx(scores)
+
+
+def _direct_discovery(settings) -> tuple[set[tuple[str, int]], dict[str, float]]:
+    """track_everything run directly on the sequence's frames with the job's model and AUTO_* options:
+    ({(object, frame) where the object is present with a non-empty mask}, {object: predicted IoU})."""
+    model = load_model(settings.sam2_checkpoint).eval()
+    options = AutoOptions.from_settings(settings)
+    session = VideoPredictor(model).open(clip_frames(N, W, H))
+    covered, scores = set(), {}
+    try:
+        for result, found in track_everything(session, options.generator(model), every=options.every,
+                                              max_objects=options.max_objects, end_after=options.end_after or None):
+            scores.update({f"auto{d.obj_id}": d.record["predicted_iou"] for d in found})
+            covered |= {(f"auto{i}", result.frame_idx) for i, m, score in
+                        zip(result.obj_ids, result.masks, result.object_scores) if score > 0 and m.any()}
+    finally:
+        session.close()
+    return covered, scores
 
 
 def test_image_brush_masks_and_bad_configs(media, tmp_path):

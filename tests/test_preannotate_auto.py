@@ -151,6 +151,10 @@ def test_video_tracks_discovered_objects_once_and_gives_way_to_prompts(media, tm
         frames = [k["frame"] for k in region["value"]["sequence"]]
         assert frames == sorted(frames) and 1 <= frames[0] <= N and frames[-1] <= N
     assert any(r["value"]["sequence"][0]["frame"] == 1 for r in result), "nothing discovered on the first frame"
+    covered, scores = _direct_discovery(settings, str(media[0] / "clip.mp4"))  # editor frame f = decoded f - 1
+    first = {obj: min(f for o, f in covered if o == obj) + 1 for obj, _ in covered}
+    assert {r["id"]: r["value"]["sequence"][0]["frame"] for r in result} == first, "not the objects discovery found"
+    assert {r["id"]: r["score"] for r in result} == pytest.approx(scores)
 
     _, again = _run(runner, settings)
     assert [line.status for line in again.lines] == [UNCHANGED] and len(client.created) == 1, "a rerun wrote"
@@ -191,17 +195,17 @@ def test_image_sequence_brush_masks_per_frame(media, tmp_path):
     assert 0 in {r["item_index"] for r in result}, "nothing on the first frame, where discovery starts"
     for obj in objects:  # one score per object: its mask's predicted IoU at discovery
         assert len({r["score"] for r in result if r["parentID"] == obj}) == 1
-    covered, scores = _direct_discovery(settings)
+    covered, scores = _direct_discovery(settings, clip_frames(N, W, H))
     assert {(r["parentID"], r["item_index"]) for r in result} == covered, "not the frames discovery covers"
     assert {r["parentID"]: r["score"] for r in result} == pytest.approx(scores)
 
 
-def _direct_discovery(settings) -> tuple[set[tuple[str, int]], dict[str, float]]:
-    """track_everything run directly on the sequence's frames with the job's model and AUTO_* options:
+def _direct_discovery(settings, source) -> tuple[set[tuple[str, int]], dict[str, float]]:
+    """track_everything run directly on `source` (frames or a video file) with the job's model and AUTO_* options:
     ({(object, frame) where the object is present with a non-empty mask}, {object: predicted IoU})."""
     model = load_model(settings.sam2_checkpoint).eval()
     options = AutoOptions.from_settings(settings)
-    session = VideoPredictor(model).open(clip_frames(N, W, H))
+    session = VideoPredictor(model).open(source)
     covered, scores = set(), {}
     try:
         for result, found in track_everything(session, options.generator(model), every=options.every,

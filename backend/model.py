@@ -15,6 +15,8 @@ Time limits (Label Studio gives up on /predict after 100 s):
 Annotation webhooks (ANNOTATION_CREATED / ANNOTATION_UPDATED with prompt regions) queue their task too.
 Two batch calls for the same task and prompts at once (the editor's task reload after Submit and a Retrieve
 Predictions) answer it once: the other gets NO_PREDICTION (claims.py), so Label Studio stores one prediction.
+With AUTO_MASKLETS on, batch tasks without prompts are queued as well (a job finds their objects,
+backend/automatic.py); interactive requests without prompts still get nothing.
 A batch answer never holds an empty prediction: a task without prompts, whose media fails, or that the budget
 did not reach is answered with NO_PREDICTION (an empty list in its place in `results`), for which Label Studio
 stores nothing (label_studio/ml/models.py, `_get_predictions_from_ml_backend`, reads each task's answer as a
@@ -48,6 +50,7 @@ from .errors import BackendError, http_error
 from .events import EVENTS, EventHandler, implied_event
 from .labelconfig import parse_label_config
 from .media import MediaFetcher
+from .automatic import check_auto_label
 from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions, named_regions
 from .preannotate.jobs import JobManager
 from .preannotate.ledger import LabelStudioLedger, prompt_regions, prompt_signature, stamp
@@ -241,6 +244,9 @@ class SAM2Backend:
                 regions = current_regions(task, context)
                 if interactive:
                     results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context)))
+                elif self.settings.auto_masklets and not has_prompt_regions(regions, config):
+                    queued.append(task.get("id"))  # AUTO_MASKLETS: a job finds its objects (backend/automatic.py)
+                    results.append(NO_PREDICTION)
                 elif self.clock() >= deadline:
                     if has_prompt_regions(regions, config):
                         logger.info("batch time budget (PREDICT_BUDGET_S=%s) spent: task %s queued for "
@@ -319,7 +325,9 @@ class SAM2Backend:
             raise BackendError("pre-annotation writes to Label Studio: set LABEL_STUDIO_URL and "
                                "LABEL_STUDIO_API_KEY", 503)
         ledger = LabelStudioLedger(url, key, self.settings.download_timeout_s, retry_s=0.0)
-        parse_label_config(ledger.label_config(project))
+        config = parse_label_config(ledger.label_config(project))
+        if self.settings.auto_masklets:
+            check_auto_label(config, self.settings.auto_label)
         job = self.jobs.submit(project, tasks, origin, (url, key))
         return {"job": job, "state": "queued", "project": project, "tasks": tasks, "status": f"/preannotate/{job}"}
 

@@ -37,6 +37,14 @@
 | PREANNOTATE_ENGINE | local | engine of HTTP/webhook jobs: local or ray |
 | PREANNOTATE_MAX_JOBS | 1 | pre-annotation jobs running at once (more wait, queued) |
 | PREANNOTATE_WEBHOOK | true | ANNOTATION_CREATED / ANNOTATION_UPDATED webhooks queue their task for pre-annotation |
+| AUTO_MASKLETS | false | pre-annotation jobs (CLI, POST /preannotate, Retrieve Predictions) also take tasks WITHOUT prompts: objects found by the automatic mask generator (and, for video and image sequences, tracked); interactive /predict is unchanged |
+| AUTO_LABEL | (unset) | label of the automatic regions; unset: the first label of the output control (video: of the `<Labels>` on the video); a label the config lacks stops the job at its start |
+| AUTO_EVERY | 30 | video / image sequence: discover new objects on the first frame and every AUTO_EVERY frames after it |
+| AUTO_MAX_OBJECTS | 20 | most automatic objects per task (tracked at once in a video) |
+| AUTO_END_AFTER | 30 | a tracked automatic object absent this many frames in a row ends (0: never) |
+| AUTO_POINTS_PER_SIDE | 16 | the generator's point grid (points per side of each discovery frame) |
+| AUTO_PRED_IOU_THRESH | 0.8 | the generator keeps masks of at least this predicted IoU |
+| AUTO_STABILITY_THRESH | 0.95 | the generator keeps masks of at least this stability score |
 """
 from __future__ import annotations
 
@@ -97,6 +105,14 @@ class Settings:
     preannotate_engine: str = "local"
     preannotate_max_jobs: int = 1
     preannotate_webhook: bool = True
+    auto_masklets: bool = False
+    auto_label: str | None = None
+    auto_every: int = 30
+    auto_max_objects: int = 20
+    auto_end_after: int = 30
+    auto_points_per_side: int = 16
+    auto_pred_iou_thresh: float = 0.8
+    auto_stability_thresh: float = 0.95
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -134,6 +150,12 @@ class Settings:
             ("PREANNOTATE_WORKERS", self.preannotate_workers >= 0, "must be >= 0"),
             ("PREANNOTATE_ENGINE", self.preannotate_engine in ENGINES, f"must be one of {', '.join(ENGINES)}"),
             ("PREANNOTATE_MAX_JOBS", self.preannotate_max_jobs >= 1, "must be at least 1"),
+            ("AUTO_EVERY", self.auto_every >= 1, "must be at least 1"),
+            ("AUTO_MAX_OBJECTS", self.auto_max_objects >= 1, "must be at least 1"),
+            ("AUTO_END_AFTER", self.auto_end_after >= 0, "must be >= 0"),
+            ("AUTO_POINTS_PER_SIDE", self.auto_points_per_side >= 1, "must be at least 1"),
+            ("AUTO_PRED_IOU_THRESH", 0 <= self.auto_pred_iou_thresh <= 1, "must lie in [0, 1]"),
+            ("AUTO_STABILITY_THRESH", 0 <= self.auto_stability_thresh <= 1, "must lie in [0, 1]"),
             ("LOG_LEVEL", self.log_level in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
             ("SAM2_DTYPE", self.sam2_dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
             ("DEVICE", _valid_device(self.device), "must be auto, cpu, cuda, cuda:N or mps"),

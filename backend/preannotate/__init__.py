@@ -6,7 +6,8 @@ Pieces (one job each)
 - `worker.py`: `Worker`, built in the worker's process by a `WorkerFactory`; `setup()` loads the model once,
   `run(spec, report_progress) -> Outcome` tracks one task (whole video, both directions, no time budget, the
   same result as an interactive track: backend.predict.TaskPredictor with an infinite deadline) and writes its
-  prediction to Label Studio (`ledger.write_prediction`).
+  prediction to Label Studio (`ledger.write_prediction`); a spec of source "automatic" (AUTO_MASKLETS, a task
+  without prompts) is predicted by backend.automatic.AutoPredictor instead.
 - `engine.py`: the `Engine` protocol and `get_engine(name)`; `local_engine.py` (N spawned processes);
   `ray_engine.py` (optional) implements the same protocol.
 - `ledger.py`: reading tasks and prompts from Label Studio, the prompt signature, idempotent writes.

@@ -3,7 +3,9 @@
 `Runner.plan` reads the project's tasks from Label Studio and sorts them: no prompts (not eligible),
 unchanged (Label Studio holds the prediction of these prompts, or the journal saw them tracked with no
 object found), gave up (failed PREANNOTATE_MAX_ATTEMPTS times with these prompts; `retry_failed` resets), and
-the specs to run. `Runner.run` hands the specs to the engine and decides retries: a retryable failure runs
+the specs to run. With AUTO_MASKLETS, a task without prompts is a spec of source "automatic" whose
+signature is that of the AUTO_* options (backend.automatic.AutoOptions.signature): the same key, so the same
+idempotence; once the task has prompts, the prompted spec replaces the automatic prediction. `Runner.run` hands the specs to the engine and decides retries: a retryable failure runs
 again until the task's attempts reach max_attempts. Every outcome and progress report goes to the journal.
 """
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from config.settings import Settings
 
+from ..automatic import AUTOMATIC, AutoOptions, check_auto_label
 from ..labelconfig import parse_label_config
 from .engine import Engine
 from .journal import Journal
@@ -98,21 +101,27 @@ class Runner:
 
     def plan(self, project: int, task_ids: Sequence[int] | None = None, overwrite: bool = False,
              retry_failed: bool = False) -> Plan:
-        """The job's work; raises LedgerError (project, token) or LabelConfigError (config)."""
+        """The job's work; raises LedgerError (project, token) or LabelConfigError (config, or an AUTO_LABEL
+        it lacks)."""
         xml = self.ledger.label_config(project)
         config = parse_label_config(xml)
+        auto = AutoOptions.from_settings(self.settings) if self.settings.auto_masklets else None
+        if auto is not None:
+            check_auto_label(config, auto.label)
         if retry_failed:
             self.journal.reset_failed(project, task_ids)
         plan = Plan(project)
         for task in self._tasks(project, task_ids, plan):
             tid = int(task["id"])
             chosen = select_prompts(task, config, self.settings.prompt_source_list, self.model_version)
+            if chosen is None and auto is not None:
+                chosen = AUTOMATIC, []
             if chosen is None:
                 sources = ", ".join(self.settings.prompt_source_list)
                 plan.lines[tid] = TaskLine(tid, NO_PROMPTS, f"no prompt in {sources}")
                 continue
             source, regions = chosen
-            sig = prompt_signature(regions)
+            sig = auto.signature() if source == AUTOMATIC else prompt_signature(regions)
             key = (project, tid, self.model_version, sig)
             held = any(p.get("model_version") == self.model_version and stored_signature(p) == sig
                        for p in task.get("predictions") or [])

@@ -14,7 +14,8 @@ FAILED = "failed"
 class JobSpec:
     """One task to track. task: {"id", "data"} of the Label Studio task; regions: the prompt regions (Label
     Studio results) chosen by PROMPT_SOURCES; signature: their fingerprint (ledger.prompt_signature);
-    source: the PROMPT_SOURCES entry they came from; attempt: 1 for the first run, +1 for each retry;
+    source: the PROMPT_SOURCES entry they came from, or "automatic" (AUTO_MASKLETS: no regions, the signature
+    that of the AUTO_* settings, backend/automatic.py); attempt: 1 for the first run, +1 for each retry;
     overwrite: track and write even when Label Studio already holds the prediction for this key."""
 
     project: int

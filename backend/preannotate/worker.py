@@ -2,7 +2,8 @@
 
 `Worker.run` tracks a task with backend.predict.TaskPredictor and no deadline (math.inf), so the result is the
 interactive track's, whole video, both directions; then `ledger.write_prediction` stores it. A heartbeat
-thread reports the tracked frames (the video's Tracker progress) about once a second.
+thread reports the tracked frames (the video's Tracker progress) about once a second. Specs of source
+"automatic" (AUTO_MASKLETS: tasks without prompts) go to backend.automatic.AutoPredictor instead.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from config.settings import Settings
 
+from ..automatic import AUTOMATIC, AutoOptions, AutoPredictor
 from ..errors import http_error
 from ..labelconfig import parse_label_config
 from ..model import SAM2Backend
@@ -72,6 +74,7 @@ class Worker:
         self.name = f"{os.uname().nodename}:{os.getpid()}"
         self.backend: SAM2Backend | None = None
         self.predictor: _ProgressPredictor | None = None
+        self.auto: AutoPredictor | None = None
         self.ledger = ledger
 
     def setup(self) -> None:
@@ -81,6 +84,7 @@ class Worker:
         p = self.backend.predictor
         self.predictor = _ProgressPredictor(p.video_predictor, p.image_predictor, p.fetcher, p.store, p.max_frames,
                                             p.box_tolerance_px, p.model_version)
+        self.auto = AutoPredictor(self.predictor, AutoOptions.from_settings(self.settings))
         if self.ledger is None:
             self.ledger = LabelStudioLedger.from_settings(self.settings)
 
@@ -108,8 +112,12 @@ class Worker:
                 return Outcome(spec.task_id, spec.attempt, UNCHANGED)
             config = parse_label_config(spec.label_config)
             self.predictor.frames_done = 0
-            answer = self.predictor.predict(spec.task, config, spec.regions, math.inf)
-            frames = self.predictor.frames_done
+            if spec.source == AUTOMATIC:
+                answer = self.auto.predict(spec.task, config)
+                frames = self.auto.frames_done
+            else:
+                answer = self.predictor.predict(spec.task, config, spec.regions, math.inf)
+                frames = self.predictor.frames_done
             prediction_id = self.ledger.write_prediction(spec, answer)
             return Outcome(spec.task_id, spec.attempt, DONE, frames=frames, objects=len(answer["result"]),
                            prediction_id=prediction_id)
@@ -130,6 +138,8 @@ class Worker:
             tracker = self.predictor.tracker
             total = tracker.frame_count if tracker is not None else 0
             done = _tracked(tracker)
+            if spec.source == AUTOMATIC:
+                done, total = self.auto.frames_done, self.auto.frames_total
             try:
                 report(FrameProgress(spec.task_id, spec.attempt, done, total, self.name))
             except Exception:  # a lost progress report must not fail the task

@@ -149,7 +149,7 @@ def _seek(page, frame: int) -> None:
     page.click(".lsf-frames-control")
     page.fill(".lsf-frames-control input", str(frame))
     page.press(".lsf-frames-control input", "Enter")
-    page.wait_for_function(f"() => Htx.annotationStore.selected.regions[0].object.frame === {frame}")
+    page.wait_for_function(f"() => Htx.annotationStore.selected.names.get('video').frame === {frame}")
 
 
 def _shot(page, artifacts: Path, name: str) -> None:

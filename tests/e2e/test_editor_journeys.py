@@ -37,6 +37,7 @@ from tests.e2e.test_browser import (  # noqa: F401  (page: the logged-in page fi
     EDITOR_TIMEOUT_MS,
     _compare_drawn,
     _drawn_boxes,
+    _seek,
     page,
 )
 
@@ -361,10 +362,6 @@ def _video_to_screen(page) -> tuple[float, float, float, float]:
         const m = s.getLayers()[0].getAbsoluteTransform().m; return [r.x + m[4], r.y + m[5], m[0], m[3]] }"""))
 
 
-def _video_frame(page) -> int:
-    return page.evaluate("() => Htx.annotationStore.selected.names.get('video').frame")
-
-
 def test_c_video_draw_a_box_submit_retrieve_predictions_shows_the_track(page, label_studio, tracking_backend,  # noqa: F811
                                                                        e2e_media, journey):
     """Video: open the task, draw a box with the mouse on a middle frame, Submit, then Retrieve Predictions from the
@@ -384,10 +381,7 @@ def test_c_video_draw_a_box_submit_retrieve_predictions_shows_the_track(page, la
     j.shot("open")
 
     # Seek to the middle frame, pick the label, drag a box around the first object as the clip's truth has it.
-    page.click(".lsf-frames-control")
-    page.fill(".lsf-frames-control input", str(MIDDLE))
-    page.press(".lsf-frames-control input", "Enter")
-    page.wait_for_function(f"() => Htx.annotationStore.selected.names.get('video').frame === {MIDDLE}")
+    _seek(page, MIDDLE)
     page.locator(".lsf-labels").first.get_by_text("Car", exact=True).click()
     x1, y1, x2, y2 = e2e_media.clip.boxes()[MIDDLE - 1, 0]
     x0, y0, sx, sy = _video_to_screen(page)
@@ -427,8 +421,15 @@ def test_c_video_draw_a_box_submit_retrieve_predictions_shows_the_track(page, la
     assert info.value.status == 200
     j.shot("retrieved")
 
-    # Label Studio holds one prediction of this backend: a track from the drawn keyframe, both directions.
-    (stored,) = api.predictions(task["id"])
+    # Label Studio holds one prediction of this backend: a track from the drawn keyframe, both directions. (When
+    # the editor's reload after Submit still had the task in hand, Retrieve Predictions stored nothing for it
+    # and the track arrives when that first call ends.)
+    deadline = time.monotonic() + 120
+    while not (predictions := api.predictions(task["id"])) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    logger.info("c-video: the track stored %.2f s after Retrieve Predictions was confirmed",
+                time.monotonic() - started)
+    (stored,) = predictions
     (track,) = stored["result"]
     assert track["id"] == region["id"] and track["type"] == "videorectangle" and track["value"]["labels"] == ["Car"]
     frames = [k["frame"] for k in track["value"]["sequence"]]
@@ -440,6 +441,7 @@ def test_c_video_draw_a_box_submit_retrieve_predictions_shows_the_track(page, la
     # The editor shows it: the prediction's tab, the box the editor draws on every frame as the stored track says.
     page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task['id']}")
     page.locator(".lsf-frames-control").wait_for(timeout=EDITOR_TIMEOUT_MS)
+    assert len(api.predictions(task["id"])) == 1  # still one: no second copy of the same track came later
     page.get_by_text(stored["model_version"], exact=True).first.click()
     page.wait_for_function("() => Htx.annotationStore.selected.type === 'prediction' && "
                            "Htx.annotationStore.selected.regions.length > 0", timeout=EDITOR_TIMEOUT_MS)
@@ -448,10 +450,7 @@ def test_c_video_draw_a_box_submit_retrieve_predictions_shows_the_track(page, la
     _compare_drawn(_drawn_boxes(page), sequence_to_boxes(track["value"]["sequence"], VIDEO_FRAMES, (width, height)),
                    0.0)
     for frame in (MIDDLE - 5, MIDDLE + 5):  # before and after the drawn frame, as the page shows them
-        page.click(".lsf-frames-control")
-        page.fill(".lsf-frames-control input", str(frame))
-        page.press(".lsf-frames-control input", "Enter")
-        page.wait_for_function(f"() => Htx.annotationStore.selected.names.get('video').frame === {frame}")
+        _seek(page, frame)
         page.wait_for_timeout(300)
         j.shot(f"prediction-frame-{frame}")
     assert page.errors == []

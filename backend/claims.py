@@ -2,41 +2,31 @@
 
 Two batch /predict calls for the same task and prompts can overlap: the editor reloads a task after Submit and
 Label Studio asks /predict for it (it has no prediction yet), while the user already runs Retrieve Predictions.
-Label Studio would store both answers: two identical predictions. The first call claims the key; a call that
-finds it claimed answers that task with nothing to store. A claim is held while its call runs and GRACE_S after
-it answered with a prediction (Label Studio stores it after the whole batch answer arrives), and dropped at once
-when its call answered nothing. Per worker process, like the sessions.
+Label Studio would store both answers: two identical predictions. The first call claims the key until it has
+answered (all its tasks); a call that finds the key claimed answers that task with nothing to store. Once the
+first call's answer is stored, Label Studio itself skips the task in later Retrieve Predictions. Per worker
+process, like the sessions.
 """
 from __future__ import annotations
 
-import math
 import threading
-import time
-from collections.abc import Callable, Hashable, Iterable
-
-GRACE_S = 10.0
+from collections.abc import Hashable, Iterable
 
 
 class AnswerClaims:
-    def __init__(self, grace_s: float = GRACE_S, clock: Callable[[], float] = time.monotonic):
-        self.grace_s = grace_s
-        self.clock = clock
-        self._until: dict[Hashable, float] = {}  # key -> clock time its claim ends (inf: its call runs)
+    def __init__(self):
+        self._held: set[Hashable] = set()
         self._lock = threading.Lock()
 
     def claim(self, key: Hashable) -> bool:
         """True (and the key is claimed) unless another call holds it."""
-        now = self.clock()
         with self._lock:
-            self._until = {k: t for k, t in self._until.items() if t > now}
-            if key in self._until:
+            if key in self._held:
                 return False
-            self._until[key] = math.inf
+            self._held.add(key)
             return True
 
-    def release(self, keys: Iterable[Hashable], answered: bool) -> None:
-        """End the claims of a call: after GRACE_S when it answered with a prediction, else at once."""
-        end = self.clock() + self.grace_s if answered else -math.inf
+    def release(self, keys: Iterable[Hashable]) -> None:
+        """End the claims of a call that has answered."""
         with self._lock:
-            for key in keys:
-                self._until[key] = end
+            self._held.difference_update(keys)

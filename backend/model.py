@@ -160,7 +160,7 @@ class SAM2Backend:
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self._jobs: JobManager | None = None
-        self.claims = AnswerClaims(clock=clock)
+        self.claims = AnswerClaims()
 
     @property
     def model_version(self) -> str:
@@ -238,7 +238,7 @@ class SAM2Backend:
         interactive = context is not None
         budget = self.settings.interactive_budget_s if interactive else self.settings.predict_budget_s
         deadline = started + budget
-        results, queued, claimed = [], [], {}
+        results, queued, claimed = [], [], []
         try:
             for task in tasks:
                 regions = current_regions(task, context)
@@ -257,8 +257,7 @@ class SAM2Backend:
                 else:
                     results.append(self._batch_task(task, config, regions, deadline, queued, claimed))
         finally:
-            for key, answered in claimed.items():
-                self.claims.release([key], answered)
+            self.claims.release(claimed)
         if queued:
             self._queue_batch(project, queued)
         self.count("tasks", len(tasks))
@@ -274,11 +273,11 @@ class SAM2Backend:
         return label_config
 
     def _batch_task(self, task: Mapping[str, Any], config, regions: list[dict], deadline: float,
-                    queued: list, claimed: dict) -> dict | list:
+                    queued: list, claimed: list) -> dict | list:
         """A batch task's prediction, its regions stamped with the prompts' signature (preannotate.ledger);
         NO_PREDICTION when it has no region or its own data is unusable (logged), when the budget ran out
         while it was tracked (the task goes to `queued`: a pre-annotation job writes its whole track), or when
-        another call is answering the same task and prompts (claims.py). claimed: {claimed key: answered}."""
+        another call is answering the same task and prompts (claims.py). claimed: the keys this call claimed."""
         signature = prompt_signature(prompt_regions(regions, config))
         key = (task.get("id"), signature, self.model_version)
         if has_prompt_regions(regions, config):
@@ -287,7 +286,7 @@ class SAM2Backend:
                             task.get("id"))
                 self.count("tasks_answered_elsewhere")
                 return NO_PREDICTION
-            claimed[key] = False
+            claimed.append(key)
         try:
             answer = self.predictor.predict(task, config, regions, deadline)
             if self.clock() >= deadline and has_prompt_regions(regions, config):
@@ -297,8 +296,6 @@ class SAM2Backend:
                 return NO_PREDICTION
             if not answer["result"]:
                 return NO_PREDICTION
-            if key in claimed:
-                claimed[key] = True
             return dict(answer, result=stamp(answer["result"], signature))
         except Exception as exc:
             answer = http_error(exc)

@@ -75,12 +75,14 @@ def hole_flips(ours: torch.Tensor, ref: torch.Tensor, bad: torch.Tensor, atol: f
     float arithmetic (the hole then has max_area pixels on one side and more on the other). Hole filling is
     discontinuous there; everything else must agree.
 
-    A pixel qualifies when one side holds the fill logit and the other a background logit (<= 0), its
+    A pixel qualifies when one side holds the fill logit and the other a background logit (<= atol), its
     8-connected region of disagreement has at most max_area pixels, and that region or a pixel around it has a
     logit within atol of 0 on either side."""
     fills = (VIDEO_HOLE_FILL_LOGIT, float(torch.tensor(VIDEO_HOLE_FILL_LOGIT).half()))  # ours are stored in float16
     is_fill = lambda x: ((x - fills[0]).abs() <= 1e-6) | ((x - fills[1]).abs() <= 1e-6)  # noqa: E731
-    one_sided = (is_fill(ref) & (ours <= 0)) | (is_fill(ours) & (ref <= 0))
+    # filled on one side; on the other background, or foreground by a hair (its raw logit was within atol of
+    # 0 and fell on the other side of the threshold: not a hole there)
+    one_sided = (is_fill(ref) & (ours <= atol)) | (is_fill(ours) & (ref <= atol))
     candidates = bad & one_sided
     candidates &= component_areas(candidates) <= max_area
     marginal = ((ref.abs() <= atol) & ~is_fill(ref)) | ((ours.abs() <= atol) & ~is_fill(ours))

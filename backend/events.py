@@ -386,7 +386,7 @@ class TrackJob:
                 behind = range(backward, p.bwd_next, -1)[:room - len(ahead)] if p.bwd_started else range(0)
                 forward, backward = forward + len(ahead), backward - len(behind)
                 new = [f for f in dict.fromkeys((*ahead, *behind)) if f not in sent]
-                results = [tracker.session.result(f) for f in new]
+                results = [tracker.result(f) for f in new]
                 complete = p.done and forward == p.fwd_next and (backward == p.bwd_next or not p.bwd_started)
                 contended = entry.users > 1
             sent.update(new)
@@ -532,7 +532,7 @@ class EventHandler:
             state.objects = objects
             if fp is None:
                 return []
-            result = tracker.session.result(frame)
+            result = tracker.result(frame)
             mask = result.masks[result.obj_ids.index(key)]
         height, width = mask.shape
         value = {"imageDataURL": mask_to_png_data_url(mask, grayscale=True), "width": width, "height": height,

@@ -153,7 +153,7 @@ class TaskPredictor:
         path = self.fetcher.fetch(config.media(task["data"]), task.get("id"), self.fetcher.validate_video, "video")
 
         def open_video() -> Tracker:
-            return Tracker(self.video_predictor().open(path), budget_bytes=self.store.budget_bytes)
+            return Tracker(self.video_predictor().open(path), budget_bytes=self.store.budget_bytes, drop_logits=True)
 
         return self.store.use(self.video_key(task, config), open_video, Tracker.nbytes)
 
@@ -207,7 +207,7 @@ class TaskPredictor:
                     raise MediaError(f"image sequence frames must share one size: frame 0 is "
                                       f"{frames[0].shape[1]}x{frames[0].shape[0]}, frame {i} is {f.shape[1]}x{f.shape[0]}")
             return Tracker(self.video_predictor().open(frames), extra_bytes=sum(f.nbytes for f in frames),
-                           budget_bytes=self.store.budget_bytes)
+                           budget_bytes=self.store.budget_bytes, drop_logits=True)
 
         key = ("sequence", task.get("id"), tuple(refs))
         with self.store.use(key, open_sequence, Tracker.nbytes) as entry:

@@ -20,10 +20,12 @@ import numpy as np
 
 from sam2_model.video.session import FrameResult, VideoSession
 
+from .compact import CompactFrame
 from .errors import BackendError
 from .prompts import FramePrompt, ObjectPrompts
 
 CHUNK = 16  # >= the engine's 16 object pointers and 7 memories: chunking does not change results
+COMPACT_MASK_BYTES = 2048  # up-front estimate of one object-frame's RLE (a smooth 720p mask: about 2 runs a column)
 
 
 def _prompt_key(fp: FramePrompt) -> tuple:
@@ -78,17 +80,23 @@ class Tracker:
 
     extra_bytes: memory held beside the session (e.g. the frames of an image sequence), for the store;
     budget_bytes: the most the tracker may hold (the session store's budget): prompts whose propagation needs
-    more are refused up front (413) instead of being tracked and then thrown away.
+    more are refused up front (413) instead of being tracked and then thrown away. drop_logits: once a
+    tracked (unprompted) frame is stored compactly, the session forgets its low-res logits
+    (`VideoSession.drop_logits`): results then cost a pointer, a score and an RLE per object-frame instead of
+    256² float16 logits, and a later click on such a frame is decoded from the click alone.
     """
 
-    def __init__(self, session: VideoSession, extra_bytes: int = 0, budget_bytes: int | None = None):
+    def __init__(self, session: VideoSession, extra_bytes: int = 0, budget_bytes: int | None = None,
+                 drop_logits: bool = False):
         self.session = session
+        self.drop_logits = drop_logits
         self.extra_bytes = extra_bytes
         self.budget_bytes = budget_bytes
         self.prompts: dict[tuple[str, int], tuple] = {}
         self.objects: list[ObjectPrompts] = []
         self.progress: Progress | None = None
         self._request: tuple | None = None  # (max_frames, start, direction) of the current progress
+        self._store: dict[int, CompactFrame] = {}  # each frame's results, encoded once when tracked
 
     @property
     def frame_count(self) -> int:
@@ -96,11 +104,20 @@ class Tracker:
 
     def nbytes(self) -> int:
         tracked = len(self.progress.covered()) if self.progress else 0
-        return self.session.features.nbytes + self._results_bytes(tracked, len(self.objects)) + self.extra_bytes
+        return (self.session.features.nbytes + self._session_bytes(tracked, len(self.objects)) + self.extra_bytes
+                + self.results_nbytes())
+
+    def _session_bytes(self, frames: int, objects: int) -> int:
+        """Results the session keeps: float16 low-res logits per object-frame, or only a float32 pointer and
+        score once logits are dropped."""
+        if self.drop_logits:
+            return frames * objects * (4 * self.session.model.no_obj_ptr.shape[-1] + 4)
+        grid = 4 * self.session.model.config.image_embedding_size
+        return frames * objects * grid * grid * 2
 
     def _results_bytes(self, frames: int, objects: int) -> int:
-        grid = 4 * self.session.model.config.image_embedding_size
-        return frames * objects * grid * grid * 2  # float16 low-res logits per object-frame
+        """Up-front estimate for the budget: the session's part plus the compact store's."""
+        return self._session_bytes(frames, objects) + frames * objects * COMPACT_MASK_BYTES
 
     def _check_budget(self, frames: int, objects: int) -> None:
         """Raise BackendError 413 when tracking `frames` frames of `objects` objects cannot fit the budget."""
@@ -143,6 +160,7 @@ class Tracker:
             self._check_budget(progress.span, len(objects))
         self.session.reset()
         self.prompts, self.objects, self.progress = {}, [], None
+        self._store = {}
         for obj in objects:
             for fp in obj.frames:
                 add_frame_prompt(self.session, obj.key, fp)
@@ -167,7 +185,7 @@ class Tracker:
     def _forward(self, count: int, deadline: float, clock) -> None:
         p = self.progress
         frames = self.session.propagate("forward", start_frame=p.fwd_next, max_frames=count - 1)
-        self._consume(frames, deadline, clock, lambda f: setattr(p, "fwd_next", f + 1))
+        self._consume(frames, deadline, clock, self._keep(lambda f: setattr(p, "fwd_next", f + 1)))
 
     def _backward(self, deadline: float, clock) -> None:
         p = self.progress
@@ -179,13 +197,22 @@ class Tracker:
         count = min(CHUNK, first - p.bwd_end + 1)
         frames = self.session.propagate("backward", start_frame=first, max_frames=count - 1)
         p.bwd_started = True
-        self._consume(frames, deadline, clock, lambda f: setattr(p, "bwd_next", min(p.bwd_next, f - 1)))
+        self._consume(frames, deadline, clock, self._keep(lambda f: setattr(p, "bwd_next", min(p.bwd_next, f - 1))))
+
+    def _keep(self, advance: Callable[[int], None]) -> Callable[[FrameResult], None]:
+        """`advance` after storing the result compactly (a later result of the same frame replaces it)."""
+        def keep(result: FrameResult) -> None:
+            self._store[result.frame_idx] = CompactFrame.encode(result)
+            if self.drop_logits:
+                self.session.drop_logits(result.frame_idx)
+            advance(result.frame_idx)
+        return keep
 
     @staticmethod
-    def _consume(frames: Iterator[FrameResult], deadline: float, clock, advance: Callable[[int], None]) -> None:
+    def _consume(frames: Iterator[FrameResult], deadline: float, clock, advance: Callable[[FrameResult], None]) -> None:
         try:
             for result in frames:
-                advance(result.frame_idx)
+                advance(result)
                 if clock() >= deadline:
                     break
         finally:
@@ -199,4 +226,14 @@ class Tracker:
     def results(self) -> Iterator[FrameResult]:
         """The masks of every object on each frame of `frames()`."""
         for frame in self.frames():
-            yield self.session.result(frame)
+            yield self.result(frame)
+
+    def result(self, frame: int) -> FrameResult:
+        """The masks of every object on `frame`, from the compact store (encoded from the session once)."""
+        if frame not in self._store:
+            self._store[frame] = CompactFrame.encode(self.session.result(frame))
+        return self._store[frame].decode()
+
+    def results_nbytes(self) -> int:
+        """Bytes of the compact store (measured)."""
+        return sum(c.nbytes for c in self._store.values())

@@ -102,7 +102,7 @@ def tracker_of(backend, task_id: int):
 
 def session_mask(backend, task_id: int, frame: int, obj: str) -> np.ndarray:
     with tracker_of(backend, task_id) as tracker:
-        result = tracker.session.result(frame)
+        result = tracker.result(frame)  # the compact store: the session drops tracked logits
         return result.masks[result.obj_ids.index(obj)]
 
 

@@ -21,11 +21,12 @@ from torch import Tensor
 class FrameOutput:
     """One object's result on one frame.
 
-    low_res: 1×1×4h×4w mask logits (float16 when stored as a tracked result); object_score: 1×1;
+    low_res: 1×1×4h×4w mask logits (float16 when stored as a tracked result; None once dropped by
+    `VideoSession.drop_logits`); object_score: 1×1;
     obj_ptr: 1×D; memory: 1×Dm×h×w bfloat16 spatial memory (None until encoded).
     """
 
-    low_res: Tensor
+    low_res: Tensor | None
     object_score: Tensor
     obj_ptr: Tensor
     memory: Tensor | None = None

@@ -274,6 +274,17 @@ class VideoSession:
             self._check_frame(frame_idx)
             return self.obj_ids, self._video_logits(frame_idx)
 
+    def drop_logits(self, frame_idx: int) -> None:
+        """Opt-in, for callers that keep results themselves: forget the low-res logits of every object's
+        tracked (not prompted) output on `frame_idx`. Memories, pointers and scores stay, so tracking is
+        unchanged; `result(frame_idx)` afterwards gives those objects empty masks (scores kept), and a later click there is
+        decoded from the click alone (no previous mask as mask input)."""
+        with self._lock:
+            for obj in self.objects.values():
+                out = obj.tracked.get(frame_idx)
+                if out is not None and frame_idx not in obj.cond and frame_idx not in obj.pending:
+                    out.low_res = None
+
     def memory_stats(self) -> dict[str, int]:
         """Bytes held by the session: cached frame features, spatial memories (the memory bank's large part),
         and stored results (low-res logits, pointers and scores of every object on every visited frame)."""
@@ -300,7 +311,8 @@ class VideoSession:
         low = []
         for obj in self.objects.values():
             out = obj.output(frame)
-            low.append(out.low_res.float().cpu() if out is not None else torch.full((1, 1, grid, grid), NO_OBJECT_LOGIT))
+            kept = out is not None and out.low_res is not None
+            low.append(out.low_res.float().cpu() if kept else torch.full((1, 1, grid, grid), NO_OBJECT_LOGIT))
         if not low:
             return torch.zeros(0, h, w)
         return F.interpolate(torch.cat(low), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
@@ -340,7 +352,8 @@ class VideoSession:
             else:
                 pix = self._memory_conditioned([self._select(obj, frame, obj.reverse[frame])], feats)
             prev = obj.output(frame)
-            mask_input = prev.low_res.float().clamp(-32.0, 32.0) if prev is not None else None
+            has_mask = prev is not None and prev.low_res is not None
+            mask_input = prev.low_res.float().clamp(-32.0, 32.0) if has_mask else None
             multimask = prompt.labels.shape[1] <= 1
             pred = self.model.predict_masks(pix, feats.high_res, prompt.coords, prompt.labels, mask_input, multimask)
         # holes are filled in the output, which is also what the memory is encoded from (`_commit_prompts`)

@@ -1,0 +1,123 @@
+"""A long 720p video with 5 objects: peak RSS, results bytes per frame, seconds for a correction in the middle.
+
+Frames come from a procedural in-memory source (5 coloured boxes gliding over a gradient, rendered on demand
+at 1280×720, 30 fps): encoding 54 000 frames is too slow on 2 cores. Small custom config, random weights.
+Each mode runs in a fresh subprocess: "logits" keeps the engine's 256² float16 low-res logits for every
+object-frame (Tracker(drop_logits=False), the former behaviour), "compact" keeps one RLE mask + score per
+object-frame in the backend's store and drops the logits (drop_logits=True, what the backend serves with).
+Boxes are prompted on frame 0; the whole clip is tracked forward; then a click in the middle is a correction
+request: set_prompts + one time slice of tracking (--slice-s) + reading the results of every tracked frame.
+
+    python bench/long_video.py --minutes 0.5     # 900 frames; --minutes 30 for the full 54 000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FPS, H, W, OBJECTS = 30, 720, 1280, 5
+
+
+def _boxes(t: int) -> list[tuple[float, float, float, float]]:
+    """x0, y0, x1, y1 of each object on frame t: 5 boxes moving on slow sine paths."""
+    out = []
+    for k in range(OBJECTS):
+        cx = 160 + 240 * k + 60 * np.sin(t / (90 + 20 * k))
+        cy = 360 + 200 * np.cos(t / (120 + 15 * k) + k)
+        out.append((cx - 70, cy - 50, cx + 70, cy + 50))
+    return out
+
+
+def make_source(frames: int):
+    from sam2_model.video.frames import FrameSource
+
+    class Procedural(FrameSource):
+        frame_count, fps, frame_size = frames, float(FPS), (H, W)
+
+        def get(self, idx: int) -> np.ndarray:
+            idx = self._check_index(idx)
+            img = np.empty((H, W, 3), np.uint8)
+            img[...] = np.linspace(20, 90, W, dtype=np.uint8)[None, :, None]
+            for k, (x0, y0, x1, y1) in enumerate(_boxes(idx)):
+                img[int(y0):int(y1), int(x0):int(x1)] = (40 + 50 * k, 220 - 40 * k, 120)
+            return img
+
+    return Procedural()
+
+
+def measure(mode: str, frames: int, slice_s: float) -> dict:
+    import torch
+
+    from backend.prompts import FramePrompt, ObjectPrompts
+    from backend.tracking import Tracker
+    from sam2_model import build_model, custom_config
+    from sam2_model.video.predictor import VideoPredictor
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.manual_seed(0)
+    model = build_model(custom_config("long_video_bench", image_size=256, embed_dim=32))
+    predictor = VideoPredictor(model, feature_cache_bytes=64 << 20)
+    tracker = Tracker(predictor.open(make_source(frames)), drop_logits=(mode == "compact"))
+    objects = [ObjectPrompts(f"o{k}", None, [FramePrompt(0, box=b)]) for k, b in enumerate(_boxes(0))]
+    start = time.perf_counter()
+    tracker.set_prompts(objects, max_frames=frames)
+    tracker.run(float("inf"))
+    track_s = time.perf_counter() - start
+    stats = tracker.session.memory_stats()
+    results = stats["results"] + tracker.results_nbytes()
+    mid = frames // 2
+    x0, y0, x1, y1 = _boxes(mid)[2]
+    objects[2] = ObjectPrompts("o2", None, [*objects[2].frames,
+                                            FramePrompt(mid, points=[((x0 + x1) / 2, (y0 + y1) / 2)], point_labels=[1])])
+    start = time.perf_counter()
+    tracker.set_prompts(objects, max_frames=frames)
+    tracker.run(time.monotonic() + slice_s)
+    served = sum(1 for _ in tracker.results())
+    correction_s = time.perf_counter() - start
+    return {"frames": frames, "track_s": track_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "results_bytes_per_frame": results / frames, "session_results_mb": stats["results"] / 2**20,
+            "compact_store_mb": tracker.results_nbytes() / 2**20, "correction_s": correction_s,
+            "correction_frames_served": served}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=30.0, help="clip length (30 fps)")
+    parser.add_argument("--slice-s", type=float, default=2.0, help="tracking time of the correction request")
+    parser.add_argument("--modes", default="logits,compact")
+    parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._child:
+        print(json.dumps(measure(args._child[0], int(args._child[1]), float(args._child[2]))))
+        return
+    frames = max(2, round(args.minutes * 60 * FPS))
+    rows = {}
+    for mode in args.modes.split(","):
+        out = subprocess.run([sys.executable, __file__, "--_child", mode, str(frames), str(args.slice_s)],
+                             check=True, capture_output=True, text=True).stdout
+        rows[mode] = json.loads(out.strip().splitlines()[-1])
+    keys = ["frames", "track_s", "peak_rss_mb", "results_bytes_per_frame", "session_results_mb", "compact_store_mb",
+            "correction_s", "correction_frames_served"]
+    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min; load average {os.getloadavg()[0]:.1f}; "
+          f"threads {os.environ.get('BENCH_THREADS', '2')}")
+    print(f"{'':>26}" + "".join(f"{m:>14}" for m in rows))
+    for k in keys:
+        print(f"{k:>26}" + "".join(f"{rows[m][k]:>14.1f}" for m in rows))
+    if "logits" in rows and "compact" in rows:
+        ratio = rows["logits"]["results_bytes_per_frame"] / rows["compact"]["results_bytes_per_frame"]
+        print(f"results bytes per frame: logits / compact = {ratio:.1f}")
+
+
+if __name__ == "__main__":
+    main()

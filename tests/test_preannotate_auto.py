@@ -249,10 +249,10 @@ def test_image_brush_masks_and_bad_configs(media, tmp_path):
 
 
 @pytest.mark.parametrize("engine_name", ["local", "ray"])
-def test_engines_workers_run_automatic_specs(media, tmp_path, engine_name, monkeypatch):
+def test_engines_workers_run_automatic_specs(media, tmp_path, engine_name, request):
     if engine_name == "ray":
         pytest.importorskip("ray", reason="the ray engine's optional dependency: pip install -r requirements-ray.txt")
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        request.getfixturevalue("ray_token_env")  # the token every in-process Ray of the session uses
     runner, _, settings = _project(media, "video", VIDEO_XML, tmp_path)
     plan = runner.plan(1)
     outcomes = []

@@ -11,7 +11,6 @@ The whole flow with Label Studio and the CLI: tests/e2e/test_e2e_preannotate_ray
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -66,14 +65,9 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def ray_token():
-    """A cluster token in the environment (RAY_AUTH_MODE unset): Ray 2.60 then uses token authentication
-    without writing ~/.ray/auth_token."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
-        m.delenv("RAY_AUTH_MODE", raising=False)
-        m.delenv("RAY_ADDRESS", raising=False)
-        yield
+def ray_token(ray_token_env):
+    """Every Ray of this module uses the session's test token (conftest.RAY_TEST_TOKEN)."""
+    yield
 
 
 class Recorder:

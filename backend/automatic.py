@@ -24,7 +24,7 @@ from sam2_model.video.discovery import track_everything
 
 from .frametime import FrameMap
 from .labelconfig import LabelConfig, LabelConfigError
-from .media import MediaError, load_image, validate_image
+from .media import load_frames, validate_image
 from .predict import TaskPredictor
 from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
 
@@ -149,12 +149,7 @@ class AutoPredictor:
         refs = config.media(task["data"])
         refs = refs if isinstance(refs, list) else [refs]
         fetch = self.tasks.fetcher.fetch
-        frames = [load_image(fetch(r, task.get("id"), validate_image, f"image {i}")) for i, r in enumerate(refs)]
-        for i, f in enumerate(frames):
-            if f.shape != frames[0].shape:
-                raise MediaError(f"image sequence frames must share one size: frame 0 is "
-                                 f"{frames[0].shape[1]}x{frames[0].shape[0]}, frame {i} is {f.shape[1]}x{f.shape[0]}")
-        return frames
+        return load_frames(fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs))
 
     def _sequence(self, task, config: LabelConfig, labels) -> list[dict]:
         masks: list[tuple[int, int, np.ndarray]] = []  # (object, frame, mask)

@@ -164,6 +164,17 @@ def load_image(path: Path) -> np.ndarray:
         raise ValueError(f"not a decodable image ({exc})") from exc
 
 
+def load_frames(paths) -> list[np.ndarray]:
+    """load_image of each path, in order: the frames of an image sequence. MediaError (422) unless they share
+    one size (the video engine tracks over frames of one size)."""
+    frames = [load_image(p) for p in paths]
+    for i, f in enumerate(frames):
+        if f.shape != frames[0].shape:
+            raise MediaError(f"image sequence frames must share one size: frame 0 is "
+                             f"{frames[0].shape[1]}x{frames[0].shape[0]}, frame {i} is {f.shape[1]}x{f.shape[0]}")
+    return frames
+
+
 def validate_image(path: Path) -> None:
     load_image(path)
 

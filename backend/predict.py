@@ -30,7 +30,7 @@ from sam2_model.video.predictor import VideoPredictor
 from .frametime import FrameMap, regions_frames_count
 from .answers import AnswerMemory, reuse_ids
 from .labelconfig import LabelConfig
-from .media import MediaError, MediaFetcher, load_image, validate_image
+from .media import MediaFetcher, load_frames, load_image, validate_image
 from .prompts import FramePrompt, ObjectPrompts, PromptError, image_prompts, video_prompts
 from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
 from .sessions import SessionStore
@@ -201,11 +201,7 @@ class TaskPredictor:
         paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
 
         def open_sequence() -> Tracker:
-            frames = [load_image(p) for p in paths]
-            for i, f in enumerate(frames):
-                if f.shape != frames[0].shape:
-                    raise MediaError(f"image sequence frames must share one size: frame 0 is "
-                                      f"{frames[0].shape[1]}x{frames[0].shape[0]}, frame {i} is {f.shape[1]}x{f.shape[0]}")
+            frames = load_frames(paths)
             return Tracker(self.video_predictor().open(frames), extra_bytes=sum(f.nbytes for f in frames),
                            budget_bytes=self.store.budget_bytes, drop_logits=True)
 

@@ -123,7 +123,8 @@ class ProcessStore:
 
 
 class SqliteStore:
-    """TaskAnswers per task in a SQLite file shared by processes (at most `max_tasks`, least recently used out).
+    """TaskAnswers per task in a SQLite file shared by processes (at most `max_tasks`, least recently written
+    out: every answer writes its task, right after reading it).
 
     A connection per call (processes and threads alike); an error while reading or writing is logged and taken
     for "nothing remembered" (the masks then count as the user's), never raised into a request."""
@@ -140,12 +141,9 @@ class SqliteStore:
 
     def get(self, task_key: str) -> TaskAnswers | None:
         try:
-            with closing(self._connect()) as db, db:
+            with closing(self._connect()) as db:
                 row = db.execute("SELECT data FROM answers WHERE task = ?", (task_key,)).fetchone()
-                if row is None:
-                    return None
-                db.execute("UPDATE answers SET used = ? WHERE task = ?", (time.time(), task_key))
-            return TaskAnswers.from_json(row[0])
+            return None if row is None else TaskAnswers.from_json(row[0])
         except (sqlite3.Error, ValueError, KeyError, TypeError) as e:
             log.warning("answer memory %s: cannot read task %s (%s)", self.path, task_key, e)
             return None

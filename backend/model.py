@@ -280,7 +280,8 @@ class SAM2Backend:
         another call is answering the same task and prompts (claims.py). claimed: the keys this call claimed."""
         signature = prompt_signature(prompt_regions(regions, config))
         key = (task.get("id"), signature, self.model_version)
-        if has_prompt_regions(regions, config):
+        prompted = has_prompt_regions(regions, config)
+        if prompted:
             if not self.claims.claim(key):
                 logger.info("task %s: another request is answering the same prompts: nothing to store twice",
                             task.get("id"))
@@ -289,7 +290,7 @@ class SAM2Backend:
             claimed.append(key)
         try:
             answer = self.predictor.predict(task, config, regions, deadline)
-            if self.clock() >= deadline and has_prompt_regions(regions, config):
+            if self.clock() >= deadline and prompted:
                 logger.info("task %s: the batch time budget ran out while tracking it: queued for pre-annotation",
                             task.get("id"))
                 queued.append(task.get("id"))

@@ -135,11 +135,11 @@ class Worker:
 
     def _heartbeat(self, spec: JobSpec, report: Callable[[FrameProgress], None], stop: threading.Event) -> None:
         while True:
-            tracker = self.predictor.tracker
-            total = tracker.frame_count if tracker is not None else 0
-            done = _tracked(tracker)
             if spec.source == AUTOMATIC:
                 done, total = self.auto.frames_done, self.auto.frames_total
+            else:
+                tracker = self.predictor.tracker
+                done, total = _tracked(tracker), tracker.frame_count if tracker is not None else 0
             try:
                 report(FrameProgress(spec.task_id, spec.attempt, done, total, self.name))
             except Exception:  # a lost progress report must not fail the task

@@ -27,6 +27,7 @@ from oracle_cc import reference_extension
 from sam2_model import custom_config, get_config, load_model
 from sam2_model.video.frames import VideoFileSource, write_h264
 from sam2_model.video.predictor import VideoPredictor
+from sam2_model.train.metrics import region_similarity
 from sam2_model.video.session import select_for
 from video_pair import FP16_RTOL, Pair, build_pair_reference, smooth_frames
 
@@ -130,10 +131,9 @@ def test_long_clip_parity_as_shipped(family, clip):
 
 
 def foreground_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """|a ∧ b| / |a ∨ b| of two non-empty boolean masks."""
-    union = np.logical_or(a, b).sum()
+    """IoU (the J of sam2_model.train.metrics) of two non-empty boolean masks."""
     assert a.any() and b.any(), "an empty mask would make the IoU meaningless"
-    return float(np.logical_and(a, b).sum() / union)
+    return region_similarity(a, b)
 
 
 @pytest.mark.parametrize("family", ["sam2.1_hiera_tiny"], indirect=True)  # one family (CI time)

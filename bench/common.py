@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -158,6 +159,14 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     for r in cells[1:]:
         print(line(r))
     sys.stdout.flush()
+
+
+def measure_in_child(script: str, *args: Any) -> dict[str, Any]:
+    """Run `python script --_child args...` in a fresh process (its own peak RSS) and return the JSON object
+    printed on its last line."""
+    out = subprocess.run([sys.executable, script, "--_child", *map(str, args)], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def write_json(path: str | None, payload: dict[str, Any]) -> None:

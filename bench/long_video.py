@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import measure_in_child  # noqa: E402
 
 FPS, H, W, OBJECTS = 30, 720, 1280, 5
 
@@ -104,9 +105,7 @@ def main() -> None:
     frames = max(2, round(args.minutes * 60 * FPS))
     rows = {}
     for mode in args.modes.split(","):
-        out = subprocess.run([sys.executable, __file__, "--_child", mode, str(frames), str(args.slice_s)],
-                             check=True, capture_output=True, text=True).stdout
-        rows[mode] = json.loads(out.strip().splitlines()[-1])
+        rows[mode] = measure_in_child(__file__, mode, frames, args.slice_s)
     keys = ["frames", "track_s", "peak_rss_mb", "results_bytes_per_frame", "session_results_mb", "compact_store_mb",
             "correction_s", "correction_frames_served"]
     print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min; load average {os.getloadavg()[0]:.1f}; "

@@ -14,13 +14,14 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from common import measure_in_child  # noqa: E402
 
 
 def measure(video: str, checkpoint: str) -> dict:
@@ -82,9 +83,7 @@ def main() -> None:
     checkpoint, videos = prepare(Path(args.cache_dir), lengths)
     rows = {}
     for n in lengths:
-        out = subprocess.run([sys.executable, __file__, "--_child", videos[n], checkpoint],
-                             check=True, capture_output=True, text=True).stdout
-        rows[n] = json.loads(out.strip().splitlines()[-1])
+        rows[n] = measure_in_child(__file__, videos[n], checkpoint)
     keys = ["frames", "seconds", "rss_after_model_mb", "peak_rss_mb", "features_mb", "memories_mb", "results_mb"]
     print(f"load average {os.getloadavg()[0]:.1f}; threads {os.environ.get('BENCH_THREADS', '2')}")
     print("".join(f"{k:>20}" for k in ["length", *keys]))

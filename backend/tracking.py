@@ -97,6 +97,7 @@ class Tracker:
         self.progress: Progress | None = None
         self._request: tuple | None = None  # (max_frames, start, direction) of the current progress
         self._store: dict[int, CompactFrame] = {}  # each frame's results, encoded once when tracked
+        self._store_bytes = 0  # sum of the store's CompactFrame.nbytes, kept as frames come and go
 
     @property
     def frame_count(self) -> int:
@@ -160,7 +161,7 @@ class Tracker:
             self._check_budget(progress.span, len(objects))
         self.session.reset()
         self.prompts, self.objects, self.progress = {}, [], None
-        self._store = {}
+        self._store, self._store_bytes = {}, 0
         for obj in objects:
             for fp in obj.frames:
                 add_frame_prompt(self.session, obj.key, fp)
@@ -202,7 +203,7 @@ class Tracker:
     def _keep(self, advance: Callable[[int], None]) -> Callable[[FrameResult], None]:
         """`advance` after storing the result compactly (a later result of the same frame replaces it)."""
         def keep(result: FrameResult) -> None:
-            self._store[result.frame_idx] = CompactFrame.encode(result)
+            self._keep_compact(result)
             if self.drop_logits:
                 self.session.drop_logits(result.frame_idx)
             advance(result.frame_idx)
@@ -231,9 +232,15 @@ class Tracker:
     def result(self, frame: int) -> FrameResult:
         """The masks of every object on `frame`, from the compact store (encoded from the session once)."""
         if frame not in self._store:
-            self._store[frame] = CompactFrame.encode(self.session.result(frame))
+            self._keep_compact(self.session.result(frame))
         return self._store[frame].decode()
+
+    def _keep_compact(self, result: FrameResult) -> None:
+        """Store `result` compactly (replacing an earlier result of its frame)."""
+        old = self._store.get(result.frame_idx)
+        new = self._store[result.frame_idx] = CompactFrame.encode(result)
+        self._store_bytes += new.nbytes - (old.nbytes if old is not None else 0)
 
     def results_nbytes(self) -> int:
         """Bytes of the compact store (measured)."""
-        return sum(c.nbytes for c in self._store.values())
+        return self._store_bytes

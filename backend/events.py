@@ -38,8 +38,9 @@ Decisions beyond the reference (which tracks one object per track, in a fresh st
   `object_id` the prompt goes to object "0" and replaces all its earlier prompts (the reference's one-frame,
   one-object behaviour). A predict without prompts removes that object's prompts on the frame.
 - The objects live in the task's video session (the classic protocol's `Tracker`, same store key, so frame
-  embeddings are shared); a track propagates all objects of the session together from its start frame (the
-  nearest prompted frame), resuming frames already tracked for the same prompts and range.
+  embeddings are shared), as the objects of its anonymous owner "" (events name no annotator); a predict
+  changes them incrementally (tracking.py), a track propagates all of them together afresh from its start
+  frame (the nearest prompted frame), resuming frames already tracked for the same prompts and range.
 - One running track per session: a new track or a prompt change cancels the running one (whose poller then
   gets done with cancelled true); at most `max_active_tracks` tracks run per process, more get track_busy.
   Their forward passes share the device's gate (sam2_model/gate.py): tracks interleave frame by frame.

@@ -54,7 +54,7 @@ from .automatic import check_auto_label
 from .predict import PROMPT_TYPES, TaskPredictor, has_prompt_regions, named_regions
 from .preannotate.jobs import JobManager
 from .preannotate.ledger import LabelStudioLedger, prompt_regions, prompt_signature, stamp
-from .prompts import current_regions
+from .prompts import current_owner, current_regions
 from .regions import checked_request
 from .sessions import SessionStore
 
@@ -243,7 +243,8 @@ class SAM2Backend:
             for task in tasks:
                 regions = current_regions(task, context)
                 if interactive:
-                    results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context)))
+                    results.append(self.predictor.predict(task, config, regions, deadline, named_regions(context),
+                                                          current_owner(task)))
                 elif self.settings.auto_masklets and not has_prompt_regions(regions, config):
                     queued.append(task.get("id"))  # AUTO_MASKLETS: a job finds its objects (backend/automatic.py)
                     results.append(NO_PREDICTION)
@@ -289,7 +290,7 @@ class SAM2Backend:
                 return NO_PREDICTION
             claimed.append(key)
         try:
-            answer = self.predictor.predict(task, config, regions, deadline)
+            answer = self.predictor.predict(task, config, regions, deadline, owner=current_owner(task))
             if self.clock() >= deadline and prompted:
                 logger.info("task %s: the batch time budget ran out while tracking it: queued for pre-annotation",
                             task.get("id"))

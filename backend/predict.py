@@ -34,7 +34,7 @@ from .media import MediaFetcher, load_frames, load_image, validate_image
 from .prompts import FramePrompt, ObjectPrompts, PromptError, image_prompts, video_prompts
 from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
 from .sessions import SessionStore
-from .tracking import Tracker
+from .tracking import NOBODY, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -122,20 +122,25 @@ class TaskPredictor:
         self.answers = AnswerMemory() if answers is None else answers
 
     def predict(self, task: Mapping[str, Any], config: LabelConfig, regions: list[dict], deadline: float,
-                named: set[str] | None = None) -> dict:
+                named: set[str] | None = None, owner: str = NOBODY) -> dict:
         """The prediction for `task` from `regions` (prompts); empty when they hold no prompt. named: return
-        only the objects of these region ids (interactive: `named_regions(context)`); None: all."""
+        only the objects of these region ids (interactive: `named_regions(context)`); None: all. owner: the
+        annotator the regions belong to (`prompts.current_owner`): video and image-sequence objects are kept
+        per owner in the task's session (tracking.Tracker)."""
         if not has_prompt_regions(regions, config):
             return prediction([], model_version=self.model_version)
         if config.kind == "video":
-            results = self._video(task, config, regions, deadline, named)
+            results = self._video(task, config, regions, deadline, named, owner)
         else:
             key = task.get("id")
             regions, ids = self.answers.recognise(key, regions, config)
             objects: list = []
             answered: list[tuple[int, str, int, np.ndarray]] = []  # (position in the result, key, frame, mask)
-            images = self._sequence if config.kind == "image_sequence" else self._image
-            results = reuse_ids(images(task, config, regions, deadline, named, objects, answered), ids)
+            if config.kind == "image_sequence":
+                answers = self._sequence(task, config, regions, deadline, named, objects, answered, owner)
+            else:
+                answers = self._image(task, config, regions, deadline, named, objects, answered)
+            results = reuse_ids(answers, ids)
             self.answers.remember(key, objects, [(results[i], k, f, m) for i, k, f, m in answered])
         for region in results:
             region["origin"] = "prediction"
@@ -157,7 +162,8 @@ class TaskPredictor:
 
         return self.store.use(self.video_key(task, config), open_video, Tracker.nbytes)
 
-    def _video(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None) -> list[dict]:
+    def _video(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None,
+               owner: str) -> list[dict]:
         fps = config.fps(task["data"])
         with self.video_session(task, config) as entry:
             tracker: Tracker = entry.value
@@ -167,12 +173,13 @@ class TaskPredictor:
             objects = video_prompts(regions, config, (width, height), to_frame=frames.decoded)
             if not objects:
                 return []
-            tracker.set_prompts(objects, self.max_frames)
-            if not tracker.run(deadline):
-                logger.info("task %s: time budget reached, frames %s tracked", task.get("id"), tracker.progress.covered())
+            tracker.set_prompts(objects, self.max_frames, owner=owner)
+            if not tracker.run(deadline, owner=owner):
+                logger.info("task %s: time budget reached, %d frames have results", task.get("id"),
+                            len(tracker.frames(owner)))
             boxes = {o.key: np.full((n, 4), np.nan) for o in objects}
             scores: dict[str, list[float]] = {o.key: [] for o in objects}
-            for result in tracker.results():
+            for result in tracker.results(owner):
                 for i, obj_id in enumerate(result.obj_ids):
                     box = mask_to_box(result.masks[i])
                     if box is not None:
@@ -195,7 +202,7 @@ class TaskPredictor:
     # -- image sequence -----------------------------------------------------------------------------
 
     def _sequence(self, task, config: LabelConfig, regions, deadline: float, named: set[str] | None,
-                  objects: list, answered: list) -> list[dict]:
+                  objects: list, answered: list, owner: str) -> list[dict]:
         """Masks of the wanted objects on every frame; `objects` and `answered` are filled (see predict)."""
         refs = config.media(task["data"])
         paths = [self.fetcher.fetch(r, task.get("id"), validate_image, f"image {i}") for i, r in enumerate(refs)]
@@ -212,12 +219,12 @@ class TaskPredictor:
             objects[:] = image_prompts(regions, config, [(width, height)] * tracker.frame_count)
             if not objects:
                 return []
-            tracker.set_prompts(objects, self.max_frames)
-            tracker.run(deadline)
+            tracker.set_prompts(objects, self.max_frames, owner=owner)
+            tracker.run(deadline, owner=owner)
             given = {(o.key, fp.frame): _mask_only(fp) for o in objects for fp in o.frames}
             labels = {o.key: _labels(config, o) for o in _wanted(objects, named)}
             out = []
-            for result in tracker.results():
+            for result in tracker.results(owner):
                 for i, obj_id in enumerate(result.obj_ids):
                     if obj_id not in labels:
                         continue

@@ -44,6 +44,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,11 +127,39 @@ def _newest(items: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     return max(items, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
 
 
+def _snapshot(task: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """("draft" | "annotation", the one whose regions the user sees): the newest draft, else the newest
+    non-cancelled annotation."""
+    draft = _newest(task.get("drafts") or [])
+    if draft is not None:
+        return "draft", draft
+    annotation = _newest(a for a in task.get("annotations") or [] if not a.get("was_cancelled"))
+    return None if annotation is None else ("annotation", annotation)
+
+
+def current_owner(task: Mapping[str, Any]) -> str:
+    """Who the regions of `current_regions` belong to: "user:<id>", or "" when the task does not say.
+
+    A draft names its user in `created_username` ("First Last email, <id>"; Label Studio sends an interactive
+    request's drafts of the requesting user only), else in `user` (the email); an annotation in `completed_by`
+    (an id, or an object with one)."""
+    found = _snapshot(task)
+    if found is None:
+        return ""
+    kind, item = found
+    if kind == "draft":
+        match = re.search(r",\s*(\d+)\s*$", str(item.get("created_username") or ""))
+        user = match.group(1) if match else item.get("user")
+    else:
+        user = item.get("completed_by")
+        user = user.get("id") if isinstance(user, Mapping) else user
+    return f"user:{user}" if isinstance(user, (str, int)) and not isinstance(user, bool) and str(user) else ""
+
+
 def current_regions(task: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> list[dict]:
     """The regions the user sees: newest draft, else newest annotation, overlaid by context.result."""
-    base = _newest(task.get("drafts") or [])
-    if base is None:
-        base = _newest(a for a in task.get("annotations") or [] if not a.get("was_cancelled"))
+    found = _snapshot(task)
+    base = found[1] if found else None
     regions = [dict(r) for r in (base.get("result") or [] if base else [])]
     index = {r["id"]: i for i, r in enumerate(regions) if r.get("id") is not None}
     for r in (context or {}).get("result") or []:

@@ -13,7 +13,7 @@
 | LABEL_STUDIO_URL | (unset) | Label Studio base URL for /data/upload, /data/local-files and presigned cloud media; falls back to /setup's hostname |
 | LABEL_STUDIO_API_KEY | (unset) | legacy token or personal access token (JWT); falls back to /setup's access_token |
 | BASIC_AUTH_USER, BASIC_AUTH_PASS | (unset) | when both are set, every route but /health needs HTTP basic auth |
-| MAX_PROPAGATION_FRAMES | 10000 | frames tracked beyond the start frame in each direction, per video |
+| MAX_PROPAGATION_FRAMES | 100000 | frames tracked beyond the start frame in each direction, per video (the default, MAX_VIDEO_FRAMES' default, tracks any accepted video whole) |
 | INTERACTIVE_BUDGET_S | 20 | seconds of tracking per interactive /predict (a person waits) |
 | PREDICT_BUDGET_S | 75 | seconds of tracking per batch /predict, all tasks together (Label Studio gives up after 100 s) |
 | BOX_TOLERANCE_PX | 1.0 | max pixel error of Label Studio's interpolation between computed video keyframes |
@@ -81,7 +81,7 @@ class Settings:
     label_studio_api_key: str | None = None
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
-    max_propagation_frames: int = 10000
+    max_propagation_frames: int = 100000
     interactive_budget_s: float = 20.0
     predict_budget_s: float = 75.0
     box_tolerance_px: float = 1.0

@@ -146,6 +146,66 @@ def test_interactive_video_on_captured_payload(client, ls):
     assert _ok(client.get("/metrics"))["media_downloads"] == downloads
 
 
+def _record_tracking(session) -> list[tuple[int, tuple]]:
+    """Record (frame, session object ids) of every frame `session` propagates from now on."""
+    seen = []
+    propagate = session.propagate
+
+    def spy(*args, **kwargs):
+        for result in propagate(*args, **kwargs):
+            seen.append((result.frame_idx, tuple(result.obj_ids)))
+            yield result
+
+    session.propagate = spy
+    return seen
+
+
+def test_two_annotators_and_a_correction_on_one_video_task(settings):
+    """Annotators 1 and 2 click on the same video task (their drafts name them). Neither resets the other's
+    object; annotator 1's correction keyframe on frame 12 re-tracks only frames 11.. (decoded), of that object;
+    the answers hold each annotator's own region."""
+    app = create_app(settings)
+    client = app.test_client()
+
+    def click(user: int, region: dict) -> dict:
+        body = captured("predict_interactive")
+        body["tasks"][0]["id"] = 60
+        body["tasks"][0]["drafts"] = [{"id": user, "user": f"a{user}@example.com", "result": [region],
+                                       "created_username": f" a{user}@example.com, {user}",
+                                       "created_at": "2026-12-04T06:00:00Z"}]
+        body["params"]["context"]["result"] = [region]
+        [answer] = _ok(client.post("/predict", json=body))["results"][0]["result"]
+        assert answer["id"] == region["id"]
+        return answer
+
+    first = captured("predict_interactive")["params"]["context"]["result"][0]
+    second = copy.deepcopy(first)
+    second["id"] = "other1"
+    second["value"]["sequence"][0].update(x=5.0, y=5.0, width=20.0, height=20.0)
+    click(1, first)
+    [entry] = app.extensions["sam2_backend"].store._entries.values()
+    tracker = entry.value
+    tracked = _record_tracking(tracker.session)
+    click(2, second)
+    assert {i for _, ids in tracked for i in ids} == set(tracker.state("user:2").passes[0].obj_ids)
+    assert [f for f, _ in tracked] == list(range(N_FRAMES))  # all of it, forward from its keyframe (frame 1)
+    assert [o.key for o in tracker.state("user:1").objects] == ["userbox1"]
+    before = {f: tracker.result(f, "user:1").masks.copy() for f in range(N_FRAMES)}
+
+    corrected = copy.deepcopy(first)
+    corrected["value"]["sequence"].append(dict(first["value"]["sequence"][0], frame=12, time=11 / FPS, x=40.0))
+    tracked.clear()
+    answer = click(1, corrected)
+    assert [f for f, _ in tracked] == list(range(11, N_FRAMES))
+    assert len({ids for _, ids in tracked}) == 1 and tracked[0][1] != tracker.state("user:2").passes[0].obj_ids
+    for f in range(11):
+        np.testing.assert_array_equal(tracker.result(f, "user:1").masks, before[f])
+    assert [k["frame"] for k in answer["value"]["sequence"] if AUTO_KEY not in k] == [1, 12]
+    assert [o.key for o in tracker.state("user:2").objects] == ["other1"]
+    assert tracker.frames("user:2") == list(range(N_FRAMES))
+    app.extensions["sam2_backend"].close()
+
+
 def test_interactive_answer_holds_only_the_context_objects(client):
     """The draft holds a stale copy of the region being edited and a region the user deleted since: the answer
     holds the context's region only (as the context has it), marked origin "prediction"."""

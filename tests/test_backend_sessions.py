@@ -107,7 +107,7 @@ def test_settings_defaults_and_env():
                            "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "FEATURE_CACHE_MB": "64",
                            "LABEL_STUDIO_URL": "http://127.0.0.1:8080", "DEVICE": "cuda:1", "MAX_PROPAGATION_FRAMES": ""})
     assert (s.port, s.log_level, s.feature_cache_mb, s.basic_auth, s.device) == (9191, "DEBUG", 64, ("u", "p"), "cuda:1")
-    assert s.max_propagation_frames == 10000  # empty = default
+    assert s.max_propagation_frames == 100000  # empty = default
 
 
 @pytest.mark.parametrize("env, name", [

@@ -15,7 +15,7 @@ from label_studio_sdk.converter.brush import decode_rle
 from label_studio_sdk.label_interface import LabelInterface
 
 from backend.labelconfig import LabelConfigError, parse_label_config
-from backend.prompts import PromptError, current_regions, decode_bitmask, decode_brush, image_prompts, video_prompts
+from backend.prompts import PromptError, current_owner, current_regions, decode_bitmask, decode_brush, image_prompts, video_prompts
 from backend.results import (
     AUTO_KEY,
     CLOSED_KEY,
@@ -164,6 +164,27 @@ def test_current_regions_draft_annotation_context_merge():
     merged = current_regions(task, context)
     assert [(r.get("id"), r.get("value", {}).get("x")) for r in merged] == [
         ("a", 4), ("c", 5), ("new", 5), (None, None), (None, None)]
+
+
+def test_current_owner_names_the_annotator_of_the_regions_used():
+    """The owner of the regions current_regions uses: the newest draft's user (the id Label Studio puts at the
+    end of created_username, else the email), else the newest annotation's completed_by; "" when unknown."""
+    req = REQUESTS["predict_interactive"]
+    assert current_owner(req["tasks"][0]) == ""  # no draft, no annotation: the first click
+    annotation = {"id": 2, "completed_by": 7, "updated_at": "2026-01-02T10:00:00Z", "result": []}
+    cancelled = {"id": 3, "completed_by": 8, "updated_at": "2026-01-03T10:00:00Z", "was_cancelled": True}
+    task = {"annotations": [annotation, cancelled], "drafts": []}
+    assert current_owner(task) == "user:7"
+    task["annotations"][0] = dict(annotation, completed_by={"id": 9, "email": "x@example.com"})
+    assert current_owner(task) == "user:9"
+    draft = {"id": 5, "user": "ann@example.com", "created_username": "Ann Lee ann@example.com, 12",
+             "updated_at": "2026-01-04T10:00:00Z", "result": []}
+    task["drafts"] = [draft]
+    assert current_owner(task) == "user:12"
+    task["drafts"] = [dict(draft, created_username="")]
+    assert current_owner(task) == "user:ann@example.com"
+    task["drafts"] = [dict(draft, created_username=None, user=None)]
+    assert current_owner(task) == ""
 
 
 # ---------------------------------------------------------------- video prompts

@@ -164,6 +164,30 @@ def test_objects_are_batched(session, monkeypatch):
     assert calls["attention"] == [1] * 12
 
 
+def test_propagating_some_objects_leaves_the_others_untouched(session):
+    """propagate(obj_ids=...) tracks and yields only those objects; the others keep their outputs. forget()
+    takes one object's prompt and output off a frame, and a prompt there is then decoded as on a first visit."""
+    session.add_prompt(0, "a", box=[10, 20, 40, 50])
+    session.add_prompt(0, "b", box=[40, 20, 70, 50])
+    list(session.propagate(max_frames=3))
+    a_before = {f: session.objects["a"].output(f).obj_ptr.clone() for f in range(4)}
+    session.add_prompt(2, "b", points=np.array([[60.0, 30.0]]), labels=np.array([1]))
+    results = list(session.propagate(start_frame=2, max_frames=3, obj_ids=["b"]))
+    assert [(r.frame_idx, r.obj_ids, r.masks.shape[0]) for r in results] == [(f, ["b"], 1) for f in range(2, 6)]
+    assert 4 not in session.objects["a"].tracked and 5 in session.objects["b"].tracked
+    for f, ptr in a_before.items():
+        assert torch.equal(session.objects["a"].output(f).obj_ptr, ptr)
+    first = session.add_prompt(7, "c", box=[20, 20, 50, 50]).masks[-1]
+    list(session.propagate(start_frame=7, max_frames=2, obj_ids=["c"]))
+    session.add_prompt(8, "c", points=np.array([[30.0, 30.0]]), labels=np.array([1]))
+    session.forget(8, "c")
+    assert session.objects["c"].output(8) is None and 8 not in session.objects["c"].prompts
+    session.forget(7, "c")
+    assert np.array_equal(session.add_prompt(7, "c", box=[20, 20, 50, 50]).masks[-1], first)  # as at first
+    with pytest.raises(UnknownObjectError):
+        session.propagate(obj_ids=["nobody"])
+
+
 def test_state_stays_bounded_on_long_videos(model):
     """Spatial memories and cached features do not grow with the number of frames tracked; results grow by
     a fixed, small amount per frame (half-precision low-res logits)."""

@@ -63,7 +63,7 @@ class _ProgressPredictor(TaskPredictor):
 
 
 def _tracked(tracker: Tracker | None) -> int:
-    return len(tracker.progress.covered()) if tracker is not None and tracker.progress is not None else 0
+    return tracker.tracked_frames() if tracker is not None else 0
 
 
 class Worker:

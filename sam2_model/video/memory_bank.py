@@ -55,6 +55,11 @@ class ObjectState:
         """The freshest output of this object on `frame`, if any."""
         return self.pending.get(frame) or self.cond.get(frame) or self.tracked.get(frame)
 
+    def forget(self, frame: int) -> None:
+        """Forget the prompt and every output on `frame`, as if it had never been visited."""
+        for frames in (self.prompts, self.pending, self.cond, self.tracked, self.reverse):
+            frames.pop(frame, None)
+
     def clear(self, frame: int) -> None:
         """Forget the prompt on `frame`; a prompted output becomes an ordinary tracked one."""
         self.prompts.pop(frame, None)

@@ -202,6 +202,14 @@ class VideoSession:
             self._object(obj_id).clear(frame_idx)
             return self._result(frame_idx)
 
+    def forget(self, frame_idx: int, obj_id: Hashable) -> None:
+        """Forget `obj_id`'s prompt and output on `frame_idx`: a prompt added there next is decoded as on a first
+        visit (no previous mask, no memory), and propagation tracks the frame anew."""
+        with self._lock:
+            self._check_open()
+            self._check_frame(frame_idx)
+            self._object(obj_id).forget(frame_idx)
+
     def remove_object(self, obj_id: Hashable) -> None:
         with self._lock:
             self._check_open()
@@ -222,11 +230,13 @@ class VideoSession:
 
     # ------------------------------------------------------------------ propagation
     def propagate(
-        self, direction: str = "forward", start_frame: int | None = None, max_frames: int | None = None
+        self, direction: str = "forward", start_frame: int | None = None, max_frames: int | None = None,
+        obj_ids: list | None = None,
     ) -> Iterator[FrameResult]:
         """Track every object from `start_frame` (default: the earliest prompted frame) and yield each frame's
         masks as soon as it is computed. "both" runs forward, then backward from the same start frame (which is
-        yielded by both passes). max_frames: frames to track beyond the start frame in each direction."""
+        yielded by both passes). max_frames: frames to track beyond the start frame in each direction.
+        obj_ids: track (and yield) only these objects; the others keep their outputs untouched."""
         if direction not in ("forward", "backward", "both"):
             raise SessionError(f"direction must be 'forward', 'backward' or 'both', got {direction!r}")
         if max_frames is not None and max_frames < 0:
@@ -235,6 +245,7 @@ class VideoSession:
             self._check_open()
             if start_frame is not None:
                 self._check_frame(start_frame)
+            objects = None if obj_ids is None else [self._object(i) for i in obj_ids]
             with self._forward():
                 self._commit_prompts()
             if start_frame is None:
@@ -246,16 +257,16 @@ class VideoSession:
             passes.append((range(start_frame, min(start_frame + span, n - 1) + 1), False))
         if direction in ("backward", "both") and start_frame > 0:
             passes.append((range(start_frame, max(start_frame - span, 0) - 1, -1), True))
-        return self._run_passes(passes)
+        return self._run_passes(passes, objects)
 
-    def _run_passes(self, passes) -> Iterator[FrameResult]:
+    def _run_passes(self, passes, objects: list[ObjectState] | None) -> Iterator[FrameResult]:
         done = 0
         for frames, reverse in passes:
             for frame in frames:
                 with self._lock, self._forward():
                     self._check_open()
-                    self._track_frame(frame, reverse)
-                    result = self._result(frame)
+                    self._track_frame(frame, reverse, objects)
+                    result = self._result(frame, objects)
                 done += 1
                 if done % TRIM_EVERY == 0:
                     release_freed_memory()
@@ -297,19 +308,22 @@ class VideoSession:
                     results += nbytes(out.low_res) + nbytes(out.obj_ptr) + nbytes(out.object_score)
             return {"features": self.features.nbytes, "memories": memories, "results": results}
 
-    def _result(self, frame: int) -> FrameResult:
-        logits = self._video_logits(frame)
+    def _result(self, frame: int, objects: list[ObjectState] | None = None) -> FrameResult:
+        """The masks of `objects` (default: all) on `frame`."""
+        objects = list(self.objects.values()) if objects is None else objects
+        logits = self._video_logits(frame, objects)
         scores = [
             float(out.object_score.reshape(-1)[0]) if (out := obj.output(frame)) is not None else NO_OBJECT_LOGIT
-            for obj in self.objects.values()
+            for obj in objects
         ]
-        return FrameResult(frame, self.obj_ids, (logits > 0).numpy(), np.asarray(scores, dtype=np.float32))
+        return FrameResult(frame, [obj.obj_id for obj in objects], (logits > 0).numpy(),
+                           np.asarray(scores, dtype=np.float32))
 
-    def _video_logits(self, frame: int) -> Tensor:
+    def _video_logits(self, frame: int, objects: list[ObjectState] | None = None) -> Tensor:
         h, w = self.frame_size
         grid = 4 * self.model.config.image_embedding_size
         low = []
-        for obj in self.objects.values():
+        for obj in self.objects.values() if objects is None else objects:
             out = obj.output(frame)
             kept = out is not None and out.low_res is not None
             low.append(out.low_res.float().cpu() if kept else torch.full((1, 1, grid, grid), NO_OBJECT_LOGIT))
@@ -375,9 +389,10 @@ class VideoSession:
                 obj.tracked.pop(frame, None)
             obj.pending.clear()
 
-    def _track_frame(self, frame: int, reverse: bool) -> None:
-        """Track every object on `frame` from its memories (prompted frames keep their output)."""
-        todo = [obj for obj in self.objects.values() if frame not in obj.cond]
+    def _track_frame(self, frame: int, reverse: bool, objects: list[ObjectState] | None = None) -> None:
+        """Track `objects` (default: all) on `frame` from their memories (prompted frames keep their output)."""
+        objects = list(self.objects.values()) if objects is None else objects
+        todo = [obj for obj in objects if frame not in obj.cond]
         if todo:
             feats = self._features(frame)
             groups: dict[tuple[int, int], list[tuple[ObjectState, MemorySelection]]] = {}
@@ -386,7 +401,7 @@ class VideoSession:
                 groups.setdefault(sel.signature, []).append((obj, sel))
             for group in groups.values():
                 self._track_group(group, frame, feats)
-        for obj in self.objects.values():
+        for obj in objects:
             obj.reverse[frame] = reverse
             prune_memories(obj, frame, reverse, self.model.config.num_maskmem)
 

@@ -163,8 +163,8 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
 
 def measure_in_child(script: str, *args: Any) -> dict[str, Any]:
     """Run `python script --_child args...` in a fresh process (its own peak RSS) and return the JSON object
-    printed on its last line."""
-    out = subprocess.run([sys.executable, script, "--_child", *map(str, args)], check=True, capture_output=True,
+    printed on its last line (its stderr, e.g. progress, passes through)."""
+    out = subprocess.run([sys.executable, script, "--_child", *map(str, args)], check=True, stdout=subprocess.PIPE,
                          text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 

@@ -1,7 +1,9 @@
 """A long 720p video with 5 objects: peak RSS, results bytes per frame, seconds for a correction in the middle.
 
 Frames come from a procedural in-memory source (5 coloured boxes gliding over a gradient, rendered on demand
-at 1280×720, 30 fps): encoding 54 000 frames is too slow on 2 cores. Small custom config, random weights.
+at 1280×720, 30 fps): encoding 54 000 frames is too slow on 2 cores. Small custom config (--image-size, default
+128 px; d_model 64, 2 memory-attention layers: about 18 tracked frames/s of 5 objects on 2 idle cores, so the
+30-minute clip takes about an hour), random weights. Progress goes to stderr every minute.
 Each mode runs in a fresh subprocess: "logits" keeps the engine's 256² float16 low-res logits for every
 object-frame (Tracker(drop_logits=False), the former behaviour), "compact" keeps one RLE mask + score per
 object-frame in the backend's store and drops the logits (drop_logits=True, what the backend serves with).
@@ -60,7 +62,16 @@ def make_source(frames: int):
     return Procedural()
 
 
-def measure(mode: str, frames: int, slice_s: float) -> dict:
+def _track_all(tracker, what: str) -> None:
+    """Run the tracker to the end, a progress line on stderr every minute."""
+    start = time.perf_counter()
+    while not tracker.run(time.monotonic() + 60):
+        done = tracker.tracked_frames()
+        print(f"{what}: {done} frames with results after {time.perf_counter() - start:.0f} s", file=sys.stderr,
+              flush=True)
+
+
+def measure(mode: str, frames: int, slice_s: float, image_size: int) -> dict:
     import torch
 
     from backend.prompts import FramePrompt, ObjectPrompts
@@ -70,13 +81,15 @@ def measure(mode: str, frames: int, slice_s: float) -> dict:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.manual_seed(0)
-    model = build_model(custom_config("long_video_bench", image_size=256, embed_dim=32))
+    model = build_model(custom_config("long_video_bench", image_size=image_size, embed_dim=32, d_model=64,
+                                      memory_dim=16, decoder_mlp_dim=128, memory_attention_ff_dim=128,
+                                      memory_attention_layers=2))
     predictor = VideoPredictor(model, feature_cache_bytes=64 << 20)
     tracker = Tracker(predictor.open(make_source(frames)), drop_logits=(mode == "compact"))
     objects = [ObjectPrompts(f"o{k}", None, [FramePrompt(0, box=b)]) for k, b in enumerate(_boxes(0))]
     start = time.perf_counter()
     tracker.set_prompts(objects, max_frames=frames)
-    tracker.run(float("inf"))
+    _track_all(tracker, f"{mode}: tracking")
     track_s = time.perf_counter() - start
     stats = tracker.session.memory_stats()
     results = stats["results"] + tracker.results_nbytes()
@@ -98,7 +111,7 @@ def measure(mode: str, frames: int, slice_s: float) -> dict:
     tracker.run(time.monotonic() + slice_s)
     served = sum(1 for _ in tracker.results())
     correction_s = time.perf_counter() - start
-    tracker.run(float("inf"))
+    _track_all(tracker, f"{mode}: re-tracking after the correction")
     correction_done_s = time.perf_counter() - start
     return {"frames": frames, "track_s": track_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "results_bytes_per_frame": results / frames, "session_results_mb": stats["results"] / 2**20,
@@ -111,19 +124,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0, help="clip length (30 fps)")
     parser.add_argument("--slice-s", type=float, default=2.0, help="tracking time of the correction request")
-    parser.add_argument("--modes", default="logits,compact")
-    parser.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--modes", default="logits,compact",
+                        help="logits needs 128 KiB per object-frame: about 34 GB for the full 30 minutes")
+    parser.add_argument("--image-size", type=int, default=128, help="model input size (custom config)")
+    parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        print(json.dumps(measure(args._child[0], int(args._child[1]), float(args._child[2]))))
+        mode, frames, slice_s, image_size = args._child
+        print(json.dumps(measure(mode, int(frames), float(slice_s), int(image_size))))
         return
     frames = max(2, round(args.minutes * 60 * FPS))
     rows = {}
     for mode in args.modes.split(","):
-        rows[mode] = measure_in_child(__file__, mode, frames, args.slice_s)
+        rows[mode] = measure_in_child(__file__, mode, frames, args.slice_s, args.image_size)
     keys = ["frames", "track_s", "peak_rss_mb", "results_bytes_per_frame", "session_results_mb", "compact_store_mb",
             "correction_s", "correction_frames_served", "correction_done_s", "retracked_object_frames"]
-    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min; load average {os.getloadavg()[0]:.1f}; "
+    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min, model input {args.image_size} px; load average {os.getloadavg()[0]:.1f}; "
           f"threads {os.environ.get('BENCH_THREADS', '2')}")
     print(f"{'':>26}" + "".join(f"{m:>14}" for m in rows))
     for k in keys:

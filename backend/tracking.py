@@ -56,6 +56,15 @@ def signature(objects: Sequence[ObjectPrompts]) -> dict[tuple[str, int], tuple]:
     return {(o.key, fp.frame): _prompt_key(fp) for o in objects for fp in o.frames}
 
 
+def changed_frames(old: dict[tuple[str, int], tuple], new: dict[tuple[str, int], tuple]) -> dict[str, set[int]]:
+    """{object key: frames whose prompt was added, changed or removed} between two signatures."""
+    changed: dict[str, set[int]] = {}
+    for key, frame in set(old) | set(new):
+        if old.get((key, frame)) != new.get((key, frame)):
+            changed.setdefault(key, set()).add(frame)
+    return changed
+
+
 def add_frame_prompt(session: VideoSession, key, fp: FramePrompt) -> FrameResult:
     """Give one FramePrompt to the session: the mask first, then box and points refining it."""
     result = None
@@ -236,33 +245,48 @@ class Tracker:
             return False
         explicit = start is not None or direction != "both"
         afresh = explicit or old.request is None or old.request[0] != max_frames
-        keys = {o.key for o in objects}
-        changed: dict[str, set[int]] = {}
-        for k, frame in set(new) | set(old.prompts):
-            if new.get((k, frame)) != old.prompts.get((k, frame)):
-                changed.setdefault(k, set()).add(frame)
-        known = {o.key for o in old.objects}
+        keys, known = {o.key for o in objects}, {o.key for o in old.objects}
+        changed = changed_frames(old.prompts, new)
         fresh = [o for o in objects if afresh or o.key not in known or old.seeds.get(o.key) in changed.get(o.key, ())]
         fresh_keys = {o.key for o in fresh}
         edited = {k: sorted(frames) for k, frames in changed.items() if k in keys and k not in fresh_keys}
+        seeded = self._seed_pass(fresh, changed, start, max_frames, direction) if fresh else None
+        if seeded is not None:
+            staying = len(self.session.obj_ids) - len(known - keys | (known & fresh_keys))
+            self._check_budget(max(seeded.span, self.tracked_frames()), staying + len(fresh))
+        self._apply(owner, objects, (known - keys) | (known & fresh_keys), fresh, edited)
+        if not objects:
+            self.owners.pop(owner, None)
+            return True
+        passes = self._replan(old.passes, {self._sid(owner, k): frames for k, frames in edited.items()})
+        seeds = {k: s for k, s in old.seeds.items() if k in keys and k not in fresh_keys}
+        if seeded is not None:
+            seeded.obj_ids = tuple(self._sid(owner, o.key) for o in fresh)
+            passes.insert(0, seeded)
+            seeds.update({o.key: seeded.start for o in fresh})
+        self.owners[owner] = Owner(new, list(objects), passes, seeds, request)
+        return True
 
-        seeded = None
-        if fresh:
-            if start is None:  # the earliest changed prompt (all prompts count as changed the first time)
-                start = min([f for o in fresh for f in changed.get(o.key, ())]
-                            or [fp.frame for o in fresh for fp in o.frames])
-            prompted = [fp.frame for o in fresh for fp in o.frames]
-            if start not in prompted:  # propagation starts on a prompt
-                start = min(prompted, key=lambda f: abs(f - start))
-            fwd_end = min(self.frame_count - 1, start + max_frames) if direction != "backward" else start - 1
-            bwd_end = max(0, start - max_frames) if direction != "forward" else start + 1
-            seeded = Progress(start, start, fwd_end, start, bwd_end)
-            others = len(self.session.obj_ids) - len([k for k in known if k not in keys or k in fresh_keys])
-            frames = max(seeded.span, len(self._store.frames(self._store_ids())))
-            self._check_budget(frames, others + len(fresh))
+    def _seed_pass(self, fresh: list[ObjectPrompts], changed: dict[str, set[int]], start: int | None,
+                   max_frames: int, direction: str) -> Progress:
+        """The pass of the objects tracked afresh: from `start`, default the earliest changed prompt (all
+        prompts count as changed the first time), moved to the nearest prompted frame."""
+        prompted = [fp.frame for o in fresh for fp in o.frames]
+        if start is None:
+            start = min([f for o in fresh for f in changed.get(o.key, ())] or prompted)
+        if start not in prompted:  # propagation starts on a prompt
+            start = min(prompted, key=lambda f: abs(f - start))
+        fwd_end = min(self.frame_count - 1, start + max_frames) if direction != "backward" else start - 1
+        bwd_end = max(0, start - max_frames) if direction != "forward" else start + 1
+        return Progress(start, start, fwd_end, start, bwd_end)
 
+    def _apply(self, owner: str, objects: list[ObjectPrompts], removed: set[str], fresh: list[ObjectPrompts],
+               edited: dict[str, list[int]]) -> None:
+        """Change the session: remove objects, add the fresh ones with all their prompts, and on each changed
+        frame of an edited object forget what was there and add its new prompt. A bad prompt leaves the owner
+        without objects (and re-raises)."""
         try:
-            for k in known - keys | (known & fresh_keys):
+            for k in removed:
                 self._remove(owner, k)
             for obj in fresh:
                 sid = self._sid(owner, obj.key)
@@ -278,21 +302,10 @@ class Tracker:
                     if fp is not None:
                         add_frame_prompt(self.session, sid, fp)
         except Exception:
-            for k in {o.key for o in objects} | known:
+            for k in {o.key for o in objects} | {o.key for o in self.state(owner).objects}:
                 self._remove(owner, k)
             self.owners.pop(owner, None)
             raise
-        if not objects:
-            self.owners.pop(owner, None)
-            return True
-        passes = self._replan(old.passes, {self._sid(owner, k): frames for k, frames in edited.items()})
-        if seeded is not None:
-            seeded.obj_ids = tuple(self._sid(owner, o.key) for o in fresh)
-            passes.insert(0, seeded)
-        seeds = {k: s for k, s in old.seeds.items() if k in keys and k not in fresh_keys}
-        seeds.update({o.key: seeded.start for o in fresh})
-        self.owners[owner] = Owner(new, list(objects), passes, seeds, request)
-        return True
 
     def _replan(self, passes: list[Progress], edited_ids: dict[int, list[int]]) -> list[Progress]:
         """The passes after an incremental change (`edited_ids`: session id -> changed frames): edited objects
@@ -332,9 +345,6 @@ class Tracker:
         for (o, key), sid in list(self._ids.items()):
             if o == NOBODY:
                 self._ids[(owner, key)] = self._ids.pop((o, key))
-
-    def _store_ids(self) -> list[int]:
-        return list(self._ids.values())
 
     # ------------------------------------------------------------------ propagation
     def run(self, deadline: float, clock: Callable[[], float] = time.monotonic, owner: str = NOBODY) -> bool:
@@ -393,7 +403,7 @@ class Tracker:
 
     def tracked_frames(self) -> int:
         """Frames tracked for any object (progress reports)."""
-        return len(self._store.frames(self._store_ids()))
+        return len(self._store.frames(self._ids.values()))
 
     def results(self, owner: str = NOBODY) -> Iterator[FrameResult]:
         """The masks of the owner's objects on each frame of `frames(owner)`."""

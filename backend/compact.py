@@ -87,7 +87,3 @@ class CompactStore:
                 self.nbytes -= old.nbytes
                 if not objs:
                     del self._frames[f]
-
-    def clear(self) -> None:
-        self._frames.clear()
-        self.nbytes = 0

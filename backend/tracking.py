@@ -342,7 +342,7 @@ class Tracker:
     def _adopt(self, owner: str) -> None:
         """`owner` takes over the objects of NOBODY (same session ids, passes and masks)."""
         self.owners[owner] = self.owners.pop(NOBODY)
-        for (o, key), sid in list(self._ids.items()):
+        for o, key in list(self._ids):
             if o == NOBODY:
                 self._ids[(owner, key)] = self._ids.pop((o, key))
 
@@ -414,7 +414,8 @@ class Tracker:
         """The masks of the owner's objects (obj_ids: their keys) on `frame`, from the compact store; what is
         not stored yet (a prompted frame) is encoded from the session once."""
         sids = self._sids(owner)
-        if any(not self._store.has(frame, sid) for sid in sids):
-            self._store.put(self.session.result(frame), [s for s in sids if not self._store.has(frame, s)])
+        missing = [sid for sid in sids if not self._store.has(frame, sid)]
+        if missing:
+            self._store.put(self.session.result(frame), missing)
         stored = self._store.get(frame, sids)
         return stored._replace(obj_ids=[o.key for o in self.state(owner).objects])

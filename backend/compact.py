@@ -1,9 +1,10 @@
-"""Tracked results kept compactly for serving: each object's mask on each frame as a run-length code, not logits.
+"""Tracked results kept compactly for serving: each object's mask on each frame as a run-length code, not logits,
+and each object's box and presence score on every frame as a track, so a box answer decodes no mask.
 
-A tracked FrameResult (N×H×W bool masks at video resolution) is stored once, when it is tracked, as one uint32
-RLE per object (column-major, the counts of `sam2_model.automatic_filters.encode_rle`) plus its presence score;
-requests read frames back from here instead of re-rendering them from the engine's logits. Entries are per
-(frame, object), so re-tracking some objects replaces only theirs.
+A tracked FrameResult (N×H×W bool masks at video resolution) is stored once, when it is tracked: one uint32 RLE
+per object (column-major, the counts of `sam2_model.automatic_filters.encode_rle`), and the object's box and
+presence logit written into its track. Requests read frames back from here instead of re-rendering them from the
+engine's logits. Entries are per (frame, object), so re-tracking some objects replaces only theirs.
 """
 from __future__ import annotations
 
@@ -16,26 +17,41 @@ from sam2_model.automatic_filters import decode_rle, encode_rle
 from sam2_model.sam2 import NO_OBJECT_LOGIT
 from sam2_model.video.session import FrameResult
 
+from .results import masks_to_boxes
 
-@dataclass(frozen=True)
-class CompactMask:
-    """One object's mask on one frame: `counts` uint32 RLE of an H×W mask, `score` its presence logit."""
+TRACK_BYTES = 5 * 4  # one frame of an object's track: a float32 box (4) and presence logit
 
-    counts: np.ndarray
-    score: float
+
+@dataclass
+class ObjectTrack:
+    """One object over a video of T frames: `boxes` (T, 4) float32 pixel-edge boxes (x1, y1, x2, y2), NaN where
+    the mask is empty or nothing is stored; `scores` (T,) float32 presence logits, NaN where nothing is stored."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+
+    @classmethod
+    def empty(cls, frame_count: int) -> "ObjectTrack":
+        return cls(np.full((frame_count, 4), np.nan, np.float32), np.full(frame_count, np.nan, np.float32))
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the code and the score (measured, not estimated)."""
-        return self.counts.nbytes + 4
+        return self.boxes.nbytes + self.scores.nbytes
+
+    def clear(self, frame: int) -> None:
+        self.boxes[frame] = np.nan
+        self.scores[frame] = np.nan
 
 
 class CompactStore:
-    """{frame: {object id: CompactMask}} for frames of one size (height, width), with a running byte count."""
+    """The results of a video of `frame_count` frames of one size (height, width): {frame: {object id: RLE
+    counts}} and {object id: ObjectTrack}, with a running byte count (measured, not estimated)."""
 
-    def __init__(self, size: tuple[int, int]):
+    def __init__(self, size: tuple[int, int], frame_count: int):
         self.size = size
-        self._frames: dict[int, dict[Hashable, CompactMask]] = {}
+        self.frame_count = frame_count
+        self._masks: dict[int, dict[Hashable, np.ndarray]] = {}
+        self._tracks: dict[Hashable, ObjectTrack] = {}
         self.nbytes = 0
 
     def put(self, result: FrameResult, obj_ids: Iterable[Hashable] | None = None) -> None:
@@ -44,46 +60,68 @@ class CompactStore:
         picked = [i for i, o in enumerate(result.obj_ids) if wanted is None or o in wanted]
         if not picked:
             return
+        frame_idx = result.frame_idx
         masks = np.asarray(result.masks, dtype=bool)[picked]
-        codes = encode_rle(masks)
-        frame = self._frames.setdefault(result.frame_idx, {})
-        for i, code in zip(picked, codes):
-            new = CompactMask(np.asarray(code["counts"], dtype=np.uint32), float(result.object_scores[i]))
-            old = frame.get(result.obj_ids[i])
-            frame[result.obj_ids[i]] = new
-            self.nbytes += new.nbytes - (old.nbytes if old is not None else 0)
+        boxes = masks_to_boxes(masks)
+        frame = self._masks.setdefault(frame_idx, {})
+        for i, code, box in zip(picked, encode_rle(masks), boxes):
+            obj_id = result.obj_ids[i]
+            counts = np.asarray(code["counts"], dtype=np.uint32)
+            old = frame.get(obj_id)
+            frame[obj_id] = counts
+            self.nbytes += counts.nbytes - (old.nbytes if old is not None else 0)
+            track = self._tracks.get(obj_id)
+            if track is None:
+                track = self._tracks[obj_id] = ObjectTrack.empty(self.frame_count)
+                self.nbytes += track.nbytes
+            track.boxes[frame_idx] = box
+            track.scores[frame_idx] = result.object_scores[i]
 
     def has(self, frame: int, obj_id: Hashable) -> bool:
-        return obj_id in self._frames.get(frame, ())
+        return obj_id in self._masks.get(frame, ())
 
     def get(self, frame: int, obj_ids: Sequence[Hashable]) -> FrameResult:
         """The masks of `obj_ids` on `frame`; an object with nothing stored there is empty and absent."""
         h, w = self.size
-        stored = self._frames.get(frame, {})
+        stored = self._masks.get(frame, {})
         masks = np.zeros((len(obj_ids), h, w), dtype=bool)
         scores = np.full(len(obj_ids), NO_OBJECT_LOGIT, dtype=np.float32)
         for i, obj_id in enumerate(obj_ids):
-            entry = stored.get(obj_id)
-            if entry is not None:
-                masks[i] = decode_rle({"size": [h, w], "counts": entry.counts})
-                scores[i] = entry.score
+            counts = stored.get(obj_id)
+            if counts is not None:
+                masks[i] = decode_rle({"size": [h, w], "counts": counts})
+                scores[i] = self._tracks[obj_id].scores[frame]
         return FrameResult(frame, list(obj_ids), masks, scores)
+
+    def track(self, obj_id: Hashable) -> ObjectTrack:
+        """The object's boxes and scores on every frame (a copy; all NaN when nothing is stored)."""
+        track = self._tracks.get(obj_id)
+        if track is None:
+            return ObjectTrack.empty(self.frame_count)
+        return ObjectTrack(track.boxes.copy(), track.scores.copy())
 
     def frames(self, obj_ids: Iterable[Hashable]) -> set[int]:
         """Frames where any of `obj_ids` has a mask stored."""
         wanted = set(obj_ids)
-        return {f for f, objs in self._frames.items() if not wanted.isdisjoint(objs)}
+        return {f for f, objs in self._masks.items() if not wanted.isdisjoint(objs)}
 
     def entries(self) -> int:
         """Object-frames stored."""
-        return sum(len(objs) for objs in self._frames.values())
+        return sum(len(objs) for objs in self._masks.values())
 
     def drop(self, obj_id: Hashable, frame: int | None = None) -> None:
-        """Forget `obj_id`'s mask on `frame`, or on every frame."""
-        for f in [frame] if frame is not None else list(self._frames):
-            objs = self._frames.get(f)
+        """Forget `obj_id`'s mask on `frame`, or on every frame (its track with it)."""
+        for f in [frame] if frame is not None else list(self._masks):
+            objs = self._masks.get(f)
             old = objs.pop(obj_id, None) if objs is not None else None
             if old is not None:
                 self.nbytes -= old.nbytes
                 if not objs:
-                    del self._frames[f]
+                    del self._masks[f]
+        track = self._tracks.get(obj_id)
+        if track is None:
+            return
+        if frame is not None:
+            track.clear(frame)
+        else:
+            self.nbytes -= self._tracks.pop(obj_id).nbytes

@@ -32,7 +32,7 @@ from .answers import AnswerMemory, reuse_ids
 from .labelconfig import LabelConfig
 from .media import MediaFetcher, load_frames, load_image, validate_image
 from .prompts import FramePrompt, ObjectPrompts, PromptError, image_prompts, video_prompts
-from .results import mask_to_box, mask_to_region, masklet_to_videorectangle, prediction
+from .results import mask_to_region, masklet_to_videorectangle, prediction
 from .sessions import SessionStore
 from .tracking import NOBODY, Tracker
 
@@ -168,7 +168,6 @@ class TaskPredictor:
         with self.video_session(task, config) as entry:
             tracker: Tracker = entry.value
             height, width = tracker.session.frame_size
-            n = tracker.frame_count
             frames = FrameMap.for_video(tracker.session.frames.timeline, fps, regions_frames_count(regions))
             objects = video_prompts(regions, config, (width, height), to_frame=frames.decoded)
             if not objects:
@@ -177,23 +176,18 @@ class TaskPredictor:
             if not tracker.run(deadline, owner=owner):
                 logger.info("task %s: time budget reached, %d frames have results", task.get("id"),
                             len(tracker.frames(owner)))
-            boxes = {o.key: np.full((n, 4), np.nan) for o in objects}
-            scores: dict[str, list[float]] = {o.key: [] for o in objects}
-            for result in tracker.results(owner):
-                for i, obj_id in enumerate(result.obj_ids):
-                    box = mask_to_box(result.masks[i])
-                    if box is not None:
-                        boxes[obj_id][result.frame_idx] = box
-                        scores[obj_id].append(_sigmoid(float(result.object_scores[i])))
+            tracks = tracker.tracks(owner)  # boxes kept when tracked: no mask is decoded here
         out = []
         for o in _wanted(objects, named):  # editor frame f shows decoded frame frames.decoded_frames[f - 1]
             count = max([frames.length] + [int(k["frame"]) for k in o.user_keyframes])  # past the end: clamped
+            track = tracks[o.key]
+            seen = ~np.isnan(track.boxes[:, 0])  # frames where the object has a mask
             region = masklet_to_videorectangle(
-                boxes[o.key][frames.decoded_frames], region_id=o.key, from_name=config.output.name,
-                to_name=config.object_name, frame_size=(width, height), fps=fps, frames_count=count,
-                labels=_labels(config, o),
+                track.boxes[frames.decoded_frames].astype(np.float64), region_id=o.key,
+                from_name=config.output.name, to_name=config.object_name, frame_size=(width, height), fps=fps,
+                frames_count=count, labels=_labels(config, o),
                 user_keyframes=o.user_keyframes, tolerance_px=self.box_tolerance_px,
-                score=float(np.mean(scores[o.key])) if scores[o.key] else None,
+                score=float(np.mean([_sigmoid(float(s)) for s in track.scores[seen]])) if seen.any() else None,
             )
             if region is not None:
                 out.append(region)

@@ -37,7 +37,7 @@ import numpy as np
 
 from sam2_model.video.session import FrameResult, VideoSession
 
-from .compact import CompactStore
+from .compact import TRACK_BYTES, CompactStore, ObjectTrack
 from .errors import BackendError
 from .prompts import FramePrompt, ObjectPrompts
 
@@ -138,8 +138,8 @@ class Tracker:
     budget_bytes: the most the tracker may hold (the session store's budget): prompts whose propagation needs
     more are refused up front (413) instead of being tracked and then thrown away. drop_logits: once a
     tracked (unprompted) frame is stored compactly, the session forgets its low-res logits
-    (`VideoSession.drop_logits`): results then cost a pointer, a score and an RLE per object-frame instead of
-    256² float16 logits, and a later click on such a frame is decoded from the click alone.
+    (`VideoSession.drop_logits`): results then cost a pointer, a score, an RLE and a box per object-frame instead
+    of 256² float16 logits, and a later click on such a frame is decoded from the click alone.
     Objects have session ids of the Tracker's own (ints), mapped from (owner, key); results carry the keys.
     """
 
@@ -152,7 +152,7 @@ class Tracker:
         self.owners: dict[str, Owner] = {}
         self._ids: dict[tuple[str, str], int] = {}  # (owner, key) -> session object id
         self._next_id = itertools.count()
-        self._store = CompactStore(session.frame_size)  # each object-frame's result, encoded once when tracked
+        self._store = CompactStore(session.frame_size, session.frame_count)  # results, encoded once when tracked
 
     # ------------------------------------------------------------------ state
     @property
@@ -203,8 +203,8 @@ class Tracker:
         return frames * objects * self._entry_bytes()
 
     def _results_bytes(self, frames: int, objects: int) -> int:
-        """Up-front estimate for the budget: the session's part plus the compact store's."""
-        return self._session_bytes(frames, objects) + frames * objects * COMPACT_MASK_BYTES
+        """Up-front estimate for the budget: the session's part plus the compact store's (masks and tracks)."""
+        return self._session_bytes(frames, objects) + frames * objects * (COMPACT_MASK_BYTES + TRACK_BYTES)
 
     def _check_budget(self, frames: int, objects: int) -> None:
         """Raise BackendError 413 when tracking `frames` frames of `objects` objects cannot fit the budget."""
@@ -411,11 +411,23 @@ class Tracker:
             yield self.result(frame, owner)
 
     def result(self, frame: int, owner: str = NOBODY) -> FrameResult:
-        """The masks of the owner's objects (obj_ids: their keys) on `frame`, from the compact store; what is
-        not stored yet (a prompted frame) is encoded from the session once."""
+        """The masks of the owner's objects (obj_ids: their keys) on `frame`, from the compact store."""
         sids = self._sids(owner)
+        self._fill(frame, sids)
+        stored = self._store.get(frame, sids)
+        return stored._replace(obj_ids=[o.key for o in self.state(owner).objects])
+
+    def tracks(self, owner: str = NOBODY) -> dict[str, ObjectTrack]:
+        """{object key: its boxes and presence scores on every frame} for the owner's objects: read from the
+        store's tracks, written when each frame was tracked, without decoding any mask."""
+        sids = self._sids(owner)
+        for frame in sorted({frame for _, frame in self.state(owner).prompts}):
+            self._fill(frame, sids)
+        return {o.key: self._store.track(sid) for o, sid in zip(self.state(owner).objects, sids)}
+
+    def _fill(self, frame: int, sids: list[int]) -> None:
+        """Store what is not stored yet of `sids` on `frame` (a prompted frame not tracked yet), from the session
+        once."""
         missing = [sid for sid in sids if not self._store.has(frame, sid)]
         if missing:
             self._store.put(self.session.result(frame), missing)
-        stored = self._store.get(frame, sids)
-        return stored._replace(obj_ids=[o.key for o in self.state(owner).objects])

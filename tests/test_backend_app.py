@@ -14,9 +14,10 @@ import threading
 import numpy as np
 import pytest
 
+from backend import compact
 from backend.app import create_app
 from backend.prompts import decode_bitmask, decode_brush
-from backend.results import AUTO_KEY, mask_to_bitmask, mask_to_brush
+from backend.results import AUTO_KEY, mask_to_bitmask, mask_to_box, mask_to_brush, sequence_to_boxes
 from config.settings import Settings
 from tests.backend_helpers import (
     FPS, H, N_FRAMES, SEQ_XML, VIDEO_PATH, W, backend_settings, captured, clip_frames, h264_bytes, png_bytes,
@@ -203,6 +204,43 @@ def test_two_annotators_and_a_correction_on_one_video_task(settings):
     assert [k["frame"] for k in answer["value"]["sequence"] if AUTO_KEY not in k] == [1, 12]
     assert [o.key for o in tracker.state("user:2").objects] == ["other1"]
     assert tracker.frames("user:2") == list(range(N_FRAMES))
+    app.extensions["sam2_backend"].close()
+
+
+def test_a_video_answer_reads_the_boxes_kept_when_tracked(settings, monkeypatch):
+    """Serving a track decodes no stored mask: each frame's box was kept when the frame was tracked. The box
+    Label Studio draws on every frame is within BOX_TOLERANCE_PX of the stored mask's box, before and after a
+    correction re-tracks part of the object."""
+    app = create_app(settings)
+    client = app.test_client()
+    decoded = []
+    decode_rle = compact.decode_rle
+    monkeypatch.setattr(compact, "decode_rle", lambda rle: decoded.append(rle) or decode_rle(rle))
+    body = captured("predict_interactive")
+    body["tasks"][0]["id"] = 61
+    first = body["params"]["context"]["result"][0]
+    corrected = copy.deepcopy(first)
+    corrected["value"]["sequence"].append(dict(first["value"]["sequence"][0], frame=12, time=11 / FPS, x=40.0))
+    for region in (first, corrected):
+        body["params"]["context"]["result"] = [region]
+        decoded.clear()
+        [answer] = _ok(client.post("/predict", json=body))["results"][0]["result"]
+        assert decoded == []
+        [entry] = app.extensions["sam2_backend"].store._entries.values()
+        [owner] = entry.value.owners
+        drawn = sequence_to_boxes(answer["value"]["sequence"], N_FRAMES, (W, H))
+        user = {k["frame"] - 1 for k in region["value"]["sequence"]}
+        shown = 0
+        for f in range(N_FRAMES):
+            box = mask_to_box(entry.value.result(f, owner).masks[0])  # decoded from the store, after the answer
+            if f in user:
+                continue
+            if box is None:
+                assert np.isnan(drawn[f]).all(), f
+            else:
+                np.testing.assert_allclose(drawn[f], box, atol=settings.box_tolerance_px + 1e-9, err_msg=f"frame {f}")
+                shown += 1
+        assert shown > 0
     app.extensions["sam2_backend"].close()
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backend import compact
 from backend.prompts import FramePrompt, ObjectPrompts
+from backend.results import mask_to_box
 from backend.errors import BackendError
 from backend.tracking import Tracker, add_frame_prompt
 from config.settings import Settings
@@ -246,6 +248,52 @@ def test_tracked_frames_are_stored_once_compactly(predictor, frames):
     assert 0 < tracker.results_nbytes() < N * 2 * h * w / 8  # smaller than bit-packed masks
     tracker.set_prompts([], max_frames=10)
     assert tracker.results_nbytes() == 0  # a reset drops the store
+
+
+def test_tracks_hold_the_box_and_score_of_each_stored_mask(predictor, frames, monkeypatch):
+    """Tracker.tracks: each object's box and presence score on every frame, kept when the frame was stored and
+    read without decoding a mask; they equal the stored mask's box and score through a cut run, a correction
+    and a removal, and NaN marks the frames with no mask."""
+    tracker = Tracker(predictor.open(frames), drop_logits=True)
+    decode_rle = compact.decode_rle
+
+    def check() -> dict:
+        monkeypatch.setattr(compact, "decode_rle", lambda rle: pytest.fail("tracks() decoded a mask"))
+        tracks = tracker.tracks()
+        monkeypatch.setattr(compact, "decode_rle", decode_rle)
+        assert list(tracks) == [o.key for o in tracker.objects]
+        shown = 0
+        for f in range(N):
+            result = tracker.result(f)
+            for i, key in enumerate(result.obj_ids):
+                box, track = mask_to_box(result.masks[i]), tracks[key]
+                if box is None:
+                    assert np.isnan(track.boxes[f]).all(), (key, f)
+                else:
+                    assert tuple(track.boxes[f]) == box and track.scores[f] == result.object_scores[i], (key, f)
+                    shown += 1
+        assert shown > 0
+        return tracks
+
+    tracker.set_prompts(_objects(), max_frames=10_000)
+    tracker.run(deadline=7, clock=StepClock())
+    cut = check()
+    assert np.isnan(cut["a"].scores).any()  # the cut run left frames without results
+    assert not np.isnan(cut["b"].scores[[8, 12]]).any()  # prompted frames have results before they are tracked
+    assert tracker.run(deadline=float("inf"))
+    whole = check()
+    click = _objects()
+    click[0].frames.append(FramePrompt(20, points=[(30.0, 25.0)], point_labels=[1]))
+    tracker.set_prompts(click, max_frames=10_000)
+    tracker.run(deadline=float("inf"))
+    corrected = check()
+    np.testing.assert_array_equal(corrected["a"].boxes[:20], whole["a"].boxes[:20])  # before the click: kept
+    np.testing.assert_array_equal(corrected["b"].boxes, whole["b"].boxes)  # the other object: untouched
+    before = tracker.results_nbytes()
+    tracker.set_prompts(click[:1], max_frames=10_000)
+    assert list(tracker.tracks()) == ["a"]
+    assert before - tracker.results_nbytes() >= N * compact.TRACK_BYTES  # b's track left with it
+    tracker.close()
 
 
 def test_dropped_logits_track_the_same_and_a_click_there_still_works(predictor, frames):

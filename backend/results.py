@@ -10,11 +10,12 @@ Videorectangle semantics (Label Studio editor, VideoRectangleRegion/isInLifespan
 - frames are 1-based; time = (frame - 1) / fps, and Label Studio maps a time back with
   frame = round(time * fps) + 1 (JavaScript rounding, half up).
 
-Keyframes: on each visible span, between the span's first and last frames and the user's keyframes
-(all kept), the fewest keyframes such that the linear interpolation between them is within
-`tolerance_px` of the tracked box on every frame, on each of x1, y1, x2, y2 (exact dynamic
-programming, `select_keyframes`). Interpolating x, y, width, height as the editor does is the same
-as interpolating x1, y1, x2, y2.
+Keyframes: on each visible span, between the span's first and last frames, the user's keyframes
+and every multiple of keyframes.BLOCK frames (all kept), the fewest keyframes such that the linear
+interpolation between them is within `tolerance_px` of the tracked box on every frame, on each of
+x1, y1, x2, y2 (exact dynamic programming, `keyframes.select_keyframes`, remembered per block so
+that a long track is not scanned again on every request). Interpolating x, y, width, height as the
+editor does is the same as interpolating x1, y1, x2, y2.
 
 Computed keyframes carry AUTO_KEY = [frame, x, y, width, height, enabled] (their own values).
 While the values still match, the keyframe is ours; once the user moves or toggles it, it no
@@ -33,13 +34,12 @@ import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image
 
+from .keyframes import keyframes_between
 from .labelconfig import LabelConfig
 
 AUTO_KEY = "sam2_auto"  # fingerprint of a keyframe computed by this backend
 CLOSED_KEY = "sam2_closed"  # on a user keyframe whose `enabled` this backend set to false
 _FINGERPRINT_ATOL = 1e-6  # percent
-_WINDOW_SLACK = 1e-9  # pixels per frame: float rounding in the keyframe slope windows
-_SCAN_CHUNK = 32  # frames per vectorised step of select_keyframes' scan (doubling)
 
 Box = tuple[float, float, float, float]
 
@@ -116,53 +116,7 @@ def masks_to_boxes(masks: np.ndarray | Mapping[int, np.ndarray], frames_count: i
     return boxes
 
 
-# ---------------------------------------------------------------- keyframe compression
-
-
-def select_keyframes(boxes: np.ndarray, tolerance: float) -> list[int]:
-    """The fewest indices to keep in a contiguous run of boxes (n, 4), first and last always included, such that
-    linear interpolation between kept indices reproduces every box within `tolerance` (max abs over the 4
-    coordinates).
-
-    Exact dynamic programming over "keep i, then next keep j": fewest[j] = min over feasible i of fewest[i] + 1.
-    Interpolating from i to j passes within `tolerance` of box k (i < k < j) when the slope (b_j - b_i) / (j - i)
-    lies in [(b_k - tolerance - b_i) / (k - i), (b_k + tolerance - b_i) / (k - i)] for each coordinate; scanning
-    j upward from i, the intersection of these windows only shrinks, so each j is tested in O(1) and the scan
-    stops once a window is empty, or once no later j can get fewer keyframes through i. O(n^2) at worst; a
-    static or steadily moving object costs O(n).
-    Among equally short answers, the one whose keyframes come earliest (at each step, the earliest predecessor).
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    n = len(boxes)
-    if n <= 2:
-        return list(range(n))
-    fewest = np.full(n, n + 1, dtype=np.int64)
-    before = np.full(n, -1, dtype=np.int64)
-    fewest[0] = 1
-    for i in range(n - 1):
-        lo, hi = np.full(4, -np.inf), np.full(4, np.inf)  # the slope window of the inner frames so far
-        start, size = i + 1, _SCAN_CHUNK
-        while start < n and fewest[start:].max() > fewest[i] + 1:  # j in chunks, while i can still improve one
-            j = np.arange(start, min(start + size, n))
-            steps = (j - i)[:, None]
-            slope = (boxes[j] - boxes[i]) / steps
-            # the window for j covers inner frames i+1..j-1: before adding j's own bounds
-            lo_j = np.maximum.accumulate(np.vstack([lo, (boxes[j] - tolerance - boxes[i]) / steps]))
-            hi_j = np.minimum.accumulate(np.vstack([hi, (boxes[j] + tolerance - boxes[i]) / steps]))
-            fits = np.all((lo_j[:-1] - _WINDOW_SLACK <= slope) & (slope <= hi_j[:-1] + _WINDOW_SLACK), axis=1)
-            closed = np.any(lo_j[:-1] > hi_j[:-1] + _WINDOW_SLACK, axis=1)  # no later j can fit either
-            if closed.any():
-                fits &= np.arange(len(j)) < int(np.argmax(closed))
-            better = fits & (fewest[i] + 1 < fewest[j])
-            fewest[j[better]], before[j[better]] = fewest[i] + 1, i
-            if closed.any():
-                break
-            lo, hi = lo_j[-1], hi_j[-1]
-            start, size = start + size, 2 * size
-    keep = [n - 1]
-    while keep[-1] != 0:
-        keep.append(int(before[keep[-1]]))
-    return keep[::-1]
+# ---------------------------------------------------------------- videorectangle
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -242,10 +196,7 @@ def masklet_to_videorectangle(
         for start, stop in zip([a] + [c + 1 for c in cuts], cuts + [e]):
             spans.append((start, stop))
     for a, e in spans:
-        anchors = [a] + [f for f in user_frames if a < f < e] + [e]
-        keep = {a, e}
-        for s, t in zip(anchors, anchors[1:]):
-            keep.update(s + i for i in select_keyframes(full[s : t + 1], tolerance_px))
+        keep = keyframes_between(full, [a] + [f for f in user_frames if a < f < e] + [e], tolerance_px)
         for f in sorted(keep):
             enabled = not (f == e and e < frames_count - 1)
             if f in user:

@@ -1,4 +1,4 @@
-"""VideoRectangle keyframes: the exact dynamic programming of backend.results.select_keyframes against the greedy
+"""VideoRectangle keyframes: the exact dynamic programming of backend.keyframes.select_keyframes against the greedy
 Douglas-Peucker split it replaced, side by side (keyframe counts and time), on synthetic tracks.
 
     python bench/keyframes.py [--frames 2000] [--tolerance 1.0] [--seed 0]
@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.results import select_keyframes  # noqa: E402
+from backend.keyframes import select_keyframes  # noqa: E402
 
 
 def douglas_peucker(boxes: np.ndarray, tolerance: float) -> list[int]:

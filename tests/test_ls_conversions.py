@@ -27,10 +27,10 @@ from backend.results import (
     masklet_to_videorectangle,
     masks_to_boxes,
     prediction,
-    select_keyframes,
     sequence_to_boxes,
     time_to_frame,
 )
+from backend.keyframes import select_keyframes
 from bench.keyframes import douglas_peucker
 
 # setup / predict_batch / predict_interactive, verbatim from shared/notes/label-studio-1.23.2-requests.json
@@ -603,3 +603,33 @@ def test_single_image_prompts_with_bitmask():
     assert obj.key == "b1" and len(obj.frames) == 1
     fp = obj.frames[0]
     assert fp.frame == 0 and np.array_equal(fp.mask, mask) and fp.points == [(40.0, 30.0)] and fp.point_labels == [1]
+
+
+def test_a_long_track_is_cut_into_remembered_blocks(monkeypatch):
+    """keyframes.BLOCK: a track is cut at every multiple of BLOCK frames (one more keyframe each), the tolerance
+    holds on every frame, and a request after a change inside one block scans only that block again."""
+    from backend import keyframes
+
+    scanned = []
+    select = keyframes.select_keyframes
+    monkeypatch.setattr(keyframes, "select_keyframes", lambda b, tol: scanned.append(len(b)) or select(b, tol))
+    rng = np.random.default_rng(11)
+    n = 3 * keyframes.BLOCK + 100
+    boxes = np.array([300.0, 200.0, 500.0, 400.0]) + np.cumsum(rng.normal(0, 0.3, (n, 4)), axis=0)
+    first = _videorect(boxes, frames_count=n, tolerance_px=1.0)["value"]["sequence"]
+    frames = [k["frame"] - 1 for k in first]
+    assert {keyframes.BLOCK, 2 * keyframes.BLOCK, 3 * keyframes.BLOCK} <= set(frames)
+    assert np.abs(sequence_to_boxes(first, n, (W, H)) - boxes).max() <= 1.0 + 1e-9
+    assert len(frames) <= len(select(boxes, 1.0)) + 3
+    assert len(scanned) == 4  # the blocks 0, 1024, 2048, 3072..n-1
+
+    scanned.clear()
+    assert _videorect(boxes, frames_count=n, tolerance_px=1.0)["value"]["sequence"] == first
+    assert scanned == []  # nothing changed: every block remembered
+
+    changed = boxes.copy()
+    changed[1500:1600] += 25.0  # a correction inside block 1024..2048
+    again = _videorect(changed, frames_count=n, tolerance_px=1.0)["value"]["sequence"]
+    assert scanned == [keyframes.BLOCK + 1]
+    assert np.abs(sequence_to_boxes(again, n, (W, H)) - changed).max() <= 1.0 + 1e-9
+    assert [k for k in again if k["frame"] <= keyframes.BLOCK + 1] == [k for k in first if k["frame"] <= keyframes.BLOCK + 1]

@@ -8,7 +8,11 @@ Each mode runs in a fresh subprocess: "logits" keeps the engine's 256² float16 
 object-frame (Tracker(drop_logits=False), the former behaviour), "compact" keeps one RLE mask + score per
 object-frame in the backend's store and drops the logits (drop_logits=True, what the backend serves with).
 Boxes are prompted on frame 0; the whole clip is tracked forward; then a click in the middle is a correction
-request: set_prompts + one time slice of tracking (--slice-s) + reading the results of every tracked frame.
+request: set_prompts + one time slice of tracking (--slice-s) + the answer, a VideoRectangle track of each
+object (what backend/predict.py serves; `first_answer_s` is the answer before the click, the whole track's
+first keyframe search). The answer reads the boxes the store kept when each frame was tracked
+(`Tracker.tracks`: `read_boxes_s`); side by side, the same boxes are read by decoding every stored mask (the
+former way: `read_boxes_decoding_s`), and both must be equal (`boxes_equal`).
 The correction is incremental (backend/tracking.py): only the clicked object, from the middle on, is tracked
 again; `correction_done_s` is the time until that re-tracking is complete, against `track_s`, what the former
 restart-on-every-change cost.
@@ -71,7 +75,40 @@ def _track_all(tracker, what: str) -> None:
               flush=True)
 
 
-def measure(mode: str, frames: int, slice_s: float, image_size: int) -> dict:
+def _timed(work):
+    start = time.perf_counter()
+    out = work()
+    return out, time.perf_counter() - start
+
+
+def _kept_boxes(tracker) -> dict:
+    """{object key: (T, 4) boxes} from the boxes kept when each frame was tracked (what the backend serves)."""
+    return {key: track.boxes.astype(np.float64) for key, track in tracker.tracks().items()}
+
+
+def _boxes_by_decoding(tracker, frames: int) -> dict:
+    """{object key: (T, 4) boxes} by decoding every stored mask (the former way of serving a track)."""
+    from backend.results import mask_to_box
+
+    boxes = {o.key: np.full((frames, 4), np.nan) for o in tracker.objects}
+    for result in tracker.results():
+        for i, key in enumerate(result.obj_ids):
+            box = mask_to_box(result.masks[i])
+            if box is not None:
+                boxes[key][result.frame_idx] = box
+    return boxes
+
+
+def _answer(boxes: dict, frames: int) -> int:
+    """The VideoRectangle regions of a video answer; returns the keyframes they hold."""
+    from backend.results import masklet_to_videorectangle
+
+    regions = [masklet_to_videorectangle(b, region_id=k, from_name="box", to_name="video", frame_size=(W, H),
+                                         fps=FPS, frames_count=frames) for k, b in boxes.items()]
+    return sum(len(r["value"]["sequence"]) for r in regions if r is not None)
+
+
+def measure(mode: str, frames: int, slice_s: float, image_size: int, seed: int) -> dict:
     import torch
 
     from backend.prompts import FramePrompt, ObjectPrompts
@@ -80,7 +117,7 @@ def measure(mode: str, frames: int, slice_s: float, image_size: int) -> dict:
     from sam2_model.video.predictor import VideoPredictor
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model(custom_config("long_video_bench", image_size=image_size, embed_dim=32, d_model=64,
                                       memory_dim=16, decoder_mlp_dim=128, memory_attention_ff_dim=128,
                                       memory_attention_layers=2))
@@ -105,18 +142,24 @@ def measure(mode: str, frames: int, slice_s: float, image_size: int) -> dict:
             retracked.append(len(result.obj_ids))
             yield result
 
+    _, first_answer_s = _timed(lambda: _answer(_kept_boxes(tracker), frames))  # the whole track, first served
     tracker.session.propagate = counting
     start = time.perf_counter()
     tracker.set_prompts(objects, max_frames=frames)
     tracker.run(time.monotonic() + slice_s)
-    served = sum(1 for _ in tracker.results())
+    kept, read_boxes_s = _timed(lambda: _kept_boxes(tracker))
+    served, answer_s = _timed(lambda: _answer(kept, frames))
     correction_s = time.perf_counter() - start
+    decoded, read_boxes_decoding_s = _timed(lambda: _boxes_by_decoding(tracker, frames))
+    same = all(np.array_equal(kept[k], decoded[k], equal_nan=True) for k in kept)
     _track_all(tracker, f"{mode}: re-tracking after the correction")
     correction_done_s = time.perf_counter() - start
     return {"frames": frames, "track_s": track_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "results_bytes_per_frame": results / frames, "session_results_mb": stats["results"] / 2**20,
             "compact_store_mb": tracker.results_nbytes() / 2**20, "correction_s": correction_s,
-            "correction_frames_served": served, "correction_done_s": correction_done_s,
+            "first_answer_s": first_answer_s, "correction_answer_s": answer_s, "read_boxes_s": read_boxes_s,
+            "read_boxes_decoding_s": read_boxes_decoding_s, "boxes_equal": float(same), "keyframes_served": served,
+            "correction_done_s": correction_done_s,
             "retracked_object_frames": sum(retracked)}
 
 
@@ -127,27 +170,34 @@ def main() -> None:
     parser.add_argument("--modes", default="logits,compact",
                         help="logits needs 128 KiB per object-frame: about 34 GB for the full 30 minutes")
     parser.add_argument("--image-size", type=int, default=128, help="model input size (custom config)")
-    parser.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="random weights; seed 1 gives small masks on every frame (seed 0: empty masks)")
+    parser.add_argument("--_child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        mode, frames, slice_s, image_size = args._child
-        print(json.dumps(measure(mode, int(frames), float(slice_s), int(image_size))))
+        mode, frames, slice_s, image_size, seed = args._child
+        print(json.dumps(measure(mode, int(frames), float(slice_s), int(image_size), int(seed))))
         return
     frames = max(2, round(args.minutes * 60 * FPS))
     rows = {}
     for mode in args.modes.split(","):
-        rows[mode] = measure_in_child(__file__, mode, frames, args.slice_s, args.image_size)
+        rows[mode] = measure_in_child(__file__, mode, frames, args.slice_s, args.image_size, args.seed)
     keys = ["frames", "track_s", "peak_rss_mb", "results_bytes_per_frame", "session_results_mb", "compact_store_mb",
-            "correction_s", "correction_frames_served", "correction_done_s", "retracked_object_frames"]
-    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min, model input {args.image_size} px; load average {os.getloadavg()[0]:.1f}; "
+            "first_answer_s", "correction_s", "correction_answer_s", "read_boxes_s", "read_boxes_decoding_s",
+            "boxes_equal", "keyframes_served",
+            "correction_done_s", "retracked_object_frames"]
+    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min, model input {args.image_size} px, seed {args.seed}; load average {os.getloadavg()[0]:.1f}; "
           f"threads {os.environ.get('BENCH_THREADS', '2')}")
     print(f"{'':>26}" + "".join(f"{m:>14}" for m in rows))
     for k in keys:
-        print(f"{k:>26}" + "".join(f"{rows[m][k]:>14.1f}" for m in rows))
+        digits = 3 if k.endswith("_s") else 1
+        print(f"{k:>26}" + "".join(f"{rows[m][k]:>14.{digits}f}" for m in rows))
     if "logits" in rows and "compact" in rows:
         ratio = rows["logits"]["results_bytes_per_frame"] / rows["compact"]["results_bytes_per_frame"]
         print(f"results bytes per frame: logits / compact = {ratio:.1f}")
     for m, row in rows.items():
+        print(f"{m}: reading a track's boxes by decoding masks / from the kept boxes = "
+              f"{row['read_boxes_decoding_s'] / row['read_boxes_s']:.0f} (same boxes: {bool(row['boxes_equal'])})")
         print(f"{m}: a restart (track_s) / the incremental correction (correction_done_s) = "
               f"{row['track_s'] / row['correction_done_s']:.1f}; object-frames re-tracked "
               f"{row['retracked_object_frames']:.0f} of {OBJECTS * row['frames']:.0f}")

@@ -64,10 +64,11 @@ def select_keyframes(boxes: np.ndarray, tolerance: float) -> list[int]:
     coordinates).
 
     Exact: fewest[j] = min over feasible i < j of fewest[i] + 1, found breadth first (the frames reached with k
-    keyframes are the layer from which those needing k + 1 are reached). Interpolating from i to j passes within `tolerance` of box k (i < k < j) when the slope (b_j - b_i) / (j - i)
-    lies in [(b_k - tolerance - b_i) / (k - i), (b_k + tolerance - b_i) / (k - i)] for each coordinate; along
-    j = i+1, i+2, ... the intersection of these windows only shrinks (a running max / min), and once it is empty
-    no later j fits. The feasible j of a whole layer are computed at once (`_reach`, REACH frames ahead, doubled
+    keyframes are the layer from which those needing k + 1 are reached). Interpolating from i to j passes
+    within `tolerance` of box k (i < k < j) when the slope (b_j - b_i) / (j - i) lies in
+    [(b_k - tolerance - b_i) / (k - i), (b_k + tolerance - b_i) / (k - i)] for each coordinate; along
+    j = i+1, i+2, ... the intersection of these windows only shrinks (a running max / min), and once it is
+    empty no later j fits. The feasible j of a whole layer are computed at once (`_reach`, REACH frames ahead, doubled
     for the sources whose window is still open there). O(n^2) at worst; a static or steadily moving object
     costs O(n) array work in few steps.
     Among equally short answers, the one whose keyframes come earliest (at each step, the earliest predecessor).

@@ -13,7 +13,7 @@ Videorectangle semantics (Label Studio editor, VideoRectangleRegion/isInLifespan
 Keyframes: on each visible span, between the span's first and last frames, the user's keyframes
 and every multiple of keyframes.BLOCK frames (all kept), the fewest keyframes such that the linear
 interpolation between them is within `tolerance_px` of the tracked box on every frame, on each of
-x1, y1, x2, y2 (exact dynamic programming, `keyframes.select_keyframes`, remembered per block so
+x1, y1, x2, y2 (an exact shortest-path search, `keyframes.select_keyframes`, remembered per block so
 that a long track is not scanned again on every request). Interpolating x, y, width, height as the
 editor does is the same as interpolating x1, y1, x2, y2.
 

@@ -186,7 +186,8 @@ def main() -> None:
             "first_answer_s", "correction_s", "correction_answer_s", "read_boxes_s", "read_boxes_decoding_s",
             "boxes_equal", "keyframes_served",
             "correction_done_s", "retracked_object_frames"]
-    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min, model input {args.image_size} px, seed {args.seed}; load average {os.getloadavg()[0]:.1f}; "
+    print(f"{W}x{H}, {OBJECTS} objects, {args.minutes:g} min, model input {args.image_size} px, seed {args.seed}; "
+          f"load average {os.getloadavg()[0]:.1f}; "
           f"threads {os.environ.get('BENCH_THREADS', '2')}")
     print(f"{'':>26}" + "".join(f"{m:>14}" for m in rows))
     for k in keys:
